@@ -1,0 +1,361 @@
+package proxy
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	tallyv1 "github.com/tally-mesh/tally/api/tally/v1"
+	"github.com/tally-mesh/tally/internal/identity"
+)
+
+// meshState is one snapshot of the mesh as the control plane sent it.
+type meshState struct {
+	version   uint64
+	endpoints map[string][]endpoint // service -> endpoints
+	faults    []*tallyv1.Fault
+}
+
+type endpoint struct {
+	instance string
+	addr     string
+}
+
+// agent is the sidecar's side of the control plane API: it joins, renews the
+// SVID at two thirds of its life, keeps the endpoint snapshot current and
+// uploads records.
+type agent struct {
+	cfg *Config
+	log *slog.Logger
+	rec *recorder
+
+	td     spiffeid.TrustDomain
+	source *identity.Source
+	conn   *grpc.ClientConn // mTLS with the current SVID
+	client tallyv1.MeshClient
+
+	state   atomic.Pointer[meshState]
+	synced  chan struct{} // closed at the first snapshot
+	syncOne sync.Once
+	rr      sync.Map // service -> *atomic.Uint32 round-robin cursor
+}
+
+func newAgent(cfg *Config, log *slog.Logger, rec *recorder) *agent {
+	a := &agent{cfg: cfg, log: log.With("component", "agent"), rec: rec, synced: make(chan struct{})}
+	a.state.Store(&meshState{endpoints: map[string][]endpoint{}})
+	return a
+}
+
+func (a *agent) notReadyReason() string {
+	switch {
+	case a.source == nil:
+		return "not joined"
+	default:
+		select {
+		case <-a.synced:
+			return "starting listeners"
+		default:
+			return "no endpoint snapshot yet"
+		}
+	}
+}
+
+// join obtains the first SVID, retrying with backoff until ctx ends: a
+// sidecar may well start before its control plane.
+func (a *agent) join(ctx context.Context) error {
+	bo := backoff{}
+	for {
+		err := a.tryJoin(ctx)
+		if err == nil {
+			return nil
+		}
+		var perm permanentError
+		if errors.As(err, &perm) {
+			return err
+		}
+		a.log.Warn("join failed, retrying", "control", a.cfg.Token.Addr, "err", err)
+		if err := bo.wait(ctx); err != nil {
+			return fmt.Errorf("joining the mesh at %s: %w", a.cfg.Token.Addr, ctx.Err())
+		}
+	}
+}
+
+type permanentError struct{ error }
+
+func (a *agent) tryJoin(ctx context.Context) error {
+	tok := a.cfg.Token
+	// Learn the trust domain from the control plane's certificate, which
+	// the token's CA fingerprint authenticates.
+	d := tls.Dialer{Config: identity.JoinClientTLS(tok.CAFingerprint)}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	c, err := d.DialContext(dctx, "tcp", tok.Addr)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("contacting control plane: %w", err)
+	}
+	cs := c.(*tls.Conn).ConnectionState()
+	c.Close()
+	ctlID, err := identity.PeerID(&cs)
+	if err != nil {
+		return permanentError{fmt.Errorf("control plane certificate: %w", err)}
+	}
+	a.td = ctlID.TrustDomain()
+	id, err := identity.ServiceID(a.td, a.cfg.Service)
+	if err != nil {
+		return permanentError{err}
+	}
+
+	jc, err := grpc.NewClient(tok.Addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.JoinClientTLS(tok.CAFingerprint))))
+	if err != nil {
+		return permanentError{fmt.Errorf("join client: %w", err)}
+	}
+	defer jc.Close()
+	key, csr, err := newCSR(id)
+	if err != nil {
+		return permanentError{err}
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := tallyv1.NewMeshClient(jc).Join(rctx, &tallyv1.JoinRequest{
+		TokenId: tok.ID, TokenSecret: tok.Secret, Service: a.cfg.Service, CsrDer: csr,
+	})
+	if err != nil {
+		if isPermanent(err) {
+			return permanentError{fmt.Errorf("join refused: %w", err)}
+		}
+		return fmt.Errorf("join: %w", err)
+	}
+	svid, bundle, err := parseSVIDResponse(resp, key, a.td)
+	if err != nil {
+		return permanentError{err}
+	}
+	a.source = identity.NewSource(svid, bundle)
+	conn, err := grpc.NewClient(tok.Addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.MeshClientTLS(a.source, a.td))))
+	if err != nil {
+		return permanentError{fmt.Errorf("mesh client: %w", err)}
+	}
+	a.conn = conn
+	a.client = tallyv1.NewMeshClient(conn)
+	a.log.Info("joined mesh", "id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
+	return nil
+}
+
+func newCSR(id spiffeid.ID) (crypto.Signer, []byte, error) {
+	key, err := identity.NewKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := identity.NewCSR(key, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, csr, nil
+}
+
+func parseSVIDResponse(resp *tallyv1.SVIDResponse, key crypto.Signer, td spiffeid.TrustDomain) (*x509svid.SVID, *x509bundle.Bundle, error) {
+	var anchors []*x509.Certificate
+	for _, der := range resp.BundleDer {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, fmt.Errorf("trust bundle from control plane: %w", err)
+		}
+		anchors = append(anchors, c)
+	}
+	bundle := x509bundle.FromX509Authorities(td, anchors)
+	svid, err := identity.ParseSVID(resp.ChainDer, key, bundle)
+	if err != nil {
+		return nil, nil, fmt.Errorf("SVID from control plane: %w", err)
+	}
+	return svid, bundle, nil
+}
+
+// run keeps the SVID fresh, the snapshot current and the records flowing
+// until ctx ends.
+func (a *agent) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { a.renewLoop(ctx) })
+	wg.Go(func() { a.watchLoop(ctx) })
+	wg.Go(func() { a.reportLoop(ctx) })
+	wg.Wait()
+	a.conn.Close()
+}
+
+func (a *agent) renewLoop(ctx context.Context) {
+	for {
+		at := identity.RenewAt(a.source.SVID())
+		t := time.NewTimer(time.Until(at))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		bo := backoff{max: 5 * time.Second}
+		for {
+			err := a.renew(ctx)
+			if err == nil {
+				break
+			}
+			a.log.Warn("SVID renewal failed, retrying", "err", err, "expires", a.source.SVID().Certificates[0].NotAfter)
+			if bo.wait(ctx) != nil {
+				return
+			}
+		}
+	}
+}
+
+func (a *agent) renew(ctx context.Context) error {
+	old := a.source.SVID()
+	key, csr, err := newCSR(old.ID)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := a.client.Renew(rctx, &tallyv1.RenewRequest{CsrDer: csr})
+	if err != nil {
+		return err
+	}
+	svid, _, err := parseSVIDResponse(resp, key, a.td)
+	if err != nil {
+		return err
+	}
+	a.source.Update(svid)
+	a.log.Info("SVID renewed", "expires", svid.Certificates[0].NotAfter)
+	return nil
+}
+
+func (a *agent) watchLoop(ctx context.Context) {
+	bo := backoff{max: 2 * time.Second}
+	for ctx.Err() == nil {
+		err := a.watch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("endpoint watch interrupted, keeping last snapshot", "err", err)
+		bo.wait(ctx)
+	}
+}
+
+func (a *agent) watch(ctx context.Context) error {
+	stream, err := a.client.Watch(ctx, &tallyv1.WatchRequest{InstanceId: a.rec.instance, AdvertiseAddr: a.cfg.AdvertiseAddr})
+	if err != nil {
+		return err
+	}
+	for {
+		snap, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		st := &meshState{version: snap.Version, endpoints: map[string][]endpoint{}, faults: snap.Faults}
+		for _, s := range snap.Services {
+			for _, e := range s.Endpoints {
+				if e.Address != "" {
+					st.endpoints[s.Name] = append(st.endpoints[s.Name], endpoint{instance: e.InstanceId, addr: e.Address})
+				}
+			}
+		}
+		a.state.Store(st)
+		a.syncOne.Do(func() { close(a.synced) })
+	}
+}
+
+// endpoints returns the endpoints of service, rotated for round-robin: the
+// caller tries them in order.
+func (a *agent) endpoints(service string) []endpoint {
+	eps := a.state.Load().endpoints[service]
+	if len(eps) <= 1 {
+		return eps
+	}
+	v, _ := a.rr.LoadOrStore(service, new(atomic.Uint32))
+	start := int(v.(*atomic.Uint32).Add(1)) % len(eps)
+	out := make([]endpoint, 0, len(eps))
+	out = append(out, eps[start:]...)
+	return append(out, eps[:start]...)
+}
+
+func (a *agent) reportLoop(ctx context.Context) {
+	bo := backoff{max: 2 * time.Second}
+	for ctx.Err() == nil {
+		err := a.report(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("record upload interrupted, will resend unacknowledged batches", "err", err, "held", a.rec.held())
+		bo.wait(ctx)
+	}
+}
+
+func (a *agent) report(ctx context.Context) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := a.client.Report(sctx)
+	if err != nil {
+		return err
+	}
+	a.rec.rewind()
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			ack, err := stream.Recv()
+			if err != nil {
+				errc <- err
+				cancel()
+				return
+			}
+			a.rec.ack(ack.BatchSeq)
+		}
+	}()
+	for {
+		b, err := a.rec.next(sctx)
+		if err != nil {
+			break
+		}
+		if err := stream.Send(b); err != nil {
+			break
+		}
+	}
+	cancel()
+	return <-errc
+}
+
+// backoff is a capped exponential backoff with jitter.
+type backoff struct {
+	n   int
+	max time.Duration
+}
+
+func (b *backoff) wait(ctx context.Context) error {
+	maxd := b.max
+	if maxd == 0 {
+		maxd = 2 * time.Second
+	}
+	d := min(50*time.Millisecond<<min(b.n, 10), maxd)
+	b.n++
+	d = d/2 + rand.N(d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+var _ = net.Dial
