@@ -92,7 +92,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 
 // list is the shape of every list the API returns.
 type list[T any] struct {
-	Items []T  `json:"items"`
+	Items []T    `json:"items"`
 	Next  string `json:"next"`
 }
 

@@ -415,17 +415,17 @@ func (s *Server) serverCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 
 // metrics are the control plane's Prometheus metrics.
 type metrics struct {
-	sent, confirmed, received     *prometheus.CounterVec // source, destination
-	bytesSent, bytesConfirmed     *prometheus.CounterVec // source, destination
-	duration                      *prometheus.HistogramVec
-	omissions                     *prometheus.CounterVec // kind, source, destination
-	ingested                      *prometheus.CounterVec // kind
-	rejected                      *prometheus.CounterVec // reason
-	auditGaps                     prometheus.Counter
-	ledgerSize                    prometheus.Gauge
-	evicted                       prometheus.Counter
-	batches                       *prometheus.CounterVec // result
-	joins, renewals               *prometheus.CounterVec // result
+	sent, confirmed, received *prometheus.CounterVec // source, destination
+	bytesSent, bytesConfirmed *prometheus.CounterVec // source, destination
+	duration                  *prometheus.HistogramVec
+	omissions                 *prometheus.CounterVec // kind, source, destination
+	ingested                  *prometheus.CounterVec // kind
+	rejected                  *prometheus.CounterVec // reason
+	auditGaps                 prometheus.Counter
+	ledgerSize                prometheus.Gauge
+	evicted                   prometheus.Counter
+	batches                   *prometheus.CounterVec // result
+	joins, renewals           *prometheus.CounterVec // result
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) (*metrics, error) {

@@ -31,9 +31,9 @@ const (
 
 // Errors of join token checks. Their text is what a refused sidecar sees.
 var (
-	ErrTokenUnknown = errors.New("join token unknown or secret mismatch")
-	ErrTokenExpired = errors.New("join token expired")
-	ErrTokenRevoked = errors.New("join token revoked")
+	ErrTokenUnknown  = errors.New("join token unknown or secret mismatch")
+	ErrTokenExpired  = errors.New("join token expired")
+	ErrTokenRevoked  = errors.New("join token revoked")
 	ErrTokenNotFound = errors.New("no such join token")
 )
 
