@@ -513,8 +513,9 @@ func parseFaultKind(kind string) (string, error) {
 }
 
 // faultBody is the JSON body of PUT /api/v1/faults/{kind}; every field is
-// optional: from and to default to "*", percent to 100, delay_ms to 0 (1000
-// for kind delay).
+// optional: from and to default to "*", percent to 100, delay_ms to 1000 for
+// kind delay (1 to 60000). Other kinds take no delay: theirs is checked for
+// range and then ignored.
 type faultBody struct {
 	From    *string  `json:"from"`
 	To      *string  `json:"to"`
@@ -562,9 +563,10 @@ func parseFault(kind string, body []byte) (Fault, error) {
 			return Fault{}, fmt.Errorf("delay_ms %d: want 1 to %d for kind delay", d, maxFaultDelay)
 		}
 		f.DelayMS = *fb.DelayMS
-	case fb.DelayMS != nil && *fb.DelayMS != 0:
-		return Fault{}, fmt.Errorf("delay_ms %d: only kind delay takes a delay", *fb.DelayMS)
+	case fb.DelayMS != nil && (*fb.DelayMS < 0 || *fb.DelayMS > maxFaultDelay):
+		return Fault{}, fmt.Errorf("delay_ms %d: want 0 to %d", *fb.DelayMS, maxFaultDelay)
 	}
+	// Other kinds ignore delay_ms: a client may send one body for every kind.
 	return f, nil
 }
 
