@@ -386,10 +386,19 @@ func validateRecord(pr *tallyv1.Record, peerID spiffeid.ID, svc string, td spiff
 	default:
 		return Record{}, rejectKind, fmt.Errorf("kind %v is not SENT, CONFIRMED, RECEIVED or OMISSION", r.Kind)
 	}
-	if err := identity.ValidateServiceName(r.Source); err != nil {
+	// The other side of an omission may be unknown: a handshake refused
+	// before any identity was proven (unauthorized, reported by the callee
+	// without a source), or the mesh's own loss (audit_gap, no destination).
+	// The reporting side is always named.
+	otherUnknown := func(name, side string) bool {
+		return name == "" && r.Kind == tallyv1.RecordKind_RECORD_KIND_OMISSION &&
+			((side == "source" && r.Reporter == ReporterCallee && pr.GetOmissionKind() == "unauthorized") ||
+				(side == "destination" && r.Reporter == ReporterCaller && pr.GetOmissionKind() == "audit_gap"))
+	}
+	if err := identity.ValidateServiceName(r.Source); err != nil && !otherUnknown(r.Source, "source") {
 		return Record{}, rejectSource, fmt.Errorf("source: %w", err)
 	}
-	if err := identity.ValidateServiceName(r.Destination); err != nil {
+	if err := identity.ValidateServiceName(r.Destination); err != nil && !otherUnknown(r.Destination, "destination") {
 		return Record{}, rejectDestination, fmt.Errorf("destination: %w", err)
 	}
 	if r.MessageID != "" && (len(r.MessageID) != 32 || !isLowerHex(r.MessageID)) {
@@ -444,7 +453,7 @@ func validateRecord(pr *tallyv1.Record, peerID spiffeid.ID, svc string, td spiff
 			return Record{}, rejectIdentity, fmt.Errorf("peer identity %q: %w", otherGiven, err)
 		}
 		*other = otherGiven
-	} else {
+	} else if otherName != "" {
 		oid, err := identity.ServiceID(td, otherName)
 		if err != nil {
 			return Record{}, rejectIdentity, err

@@ -233,6 +233,15 @@ func (m *memStore) Apply(key BatchKey, recs []Record, now time.Time) Applied {
 	var a Applied
 	changed := make(map[edgeKey]int) // -> index in a.Edges/a.Deltas
 	for i, r := range recs {
+		if r.Source == "" || r.Destination == "" {
+			// An omission with one side unknown (a refused handshake,
+			// the mesh's own loss) belongs to no edge.
+			if ev, _, evicted := m.addEvent(r, now); ev != nil {
+				a.Events = append(a.Events, *ev)
+				a.Evicted += evicted
+			}
+			continue
+		}
 		k := edgeKey{r.Source, r.Destination}
 		e := m.edges[k]
 		if e == nil {
@@ -259,8 +268,8 @@ func (m *memStore) Apply(key BatchKey, recs []Record, now time.Time) Applied {
 		case tallyv1.RecordKind_RECORD_KIND_CONFIRMED:
 			e.Confirmed++
 			d.Confirmed++
-			e.BytesConfirmed += uint64(r.RequestBytes)
-			d.BytesConfirmed += uint64(r.RequestBytes)
+			e.BytesConfirmed += uint64(r.RequestBytes + r.ResponseBytes)
+			d.BytesConfirmed += uint64(r.RequestBytes + r.ResponseBytes)
 			e.hist.observe(r.Latency)
 			m.confirmations++
 		case tallyv1.RecordKind_RECORD_KIND_RECEIVED:
