@@ -180,12 +180,13 @@ func (ms *meshServer) Watch(req *tallyv1.WatchRequest, stream grpc.ServerStreami
 	defer log.Info("instance disconnected")
 
 	var sent uint64
+	var sentAt time.Time
 	for {
 		if snap := s.reg.snapshot(); snap.GetVersion() != sent {
 			if err := stream.Send(snap); err != nil {
 				return err
 			}
-			sent = snap.GetVersion()
+			sent, sentAt = snap.GetVersion(), time.Now()
 		}
 		select {
 		case <-notify:
@@ -194,8 +195,13 @@ func (ms *meshServer) Watch(req *tallyv1.WatchRequest, stream grpc.ServerStreami
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, "control plane shutting down")
 		}
-		// Coalesce the changes of the next snapshotInterval.
-		t := time.NewTimer(snapshotInterval)
+		// At most one snapshot per snapshotInterval: the changes until then
+		// coalesce into the next one.
+		wait := snapshotInterval - time.Since(sentAt)
+		if wait <= 0 {
+			continue
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():

@@ -457,3 +457,46 @@ func TestDataDir(t *testing.T) {
 	}
 	q.join(t, "orders")
 }
+
+func TestReportOmissionWithUnknownSide(t *testing.T) {
+	p := startPlane(t, "")
+	frontend := p.join(t, "frontend")
+	orders := p.join(t, "orders")
+	fs, err := frontend.mesh.Report(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	gap := &tallyv1.Record{Kind: tallyv1.RecordKind_RECORD_KIND_OMISSION, OmissionKind: "audit_gap",
+		Source: "frontend", Reporter: "caller", Detail: "12 records dropped: record buffer full"}
+	noDest := &tallyv1.Record{Kind: tallyv1.RecordKind_RECORD_KIND_SENT, Source: "frontend", Reporter: "caller"}
+	report(t, fs, &tallyv1.RecordBatch{BatchSeq: 1, InstanceId: hexID(1), Records: []*tallyv1.Record{gap, noDest}})
+	os, err := orders.mesh.Report(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := &tallyv1.Record{Kind: tallyv1.RecordKind_RECORD_KIND_OMISSION, OmissionKind: "unauthorized",
+		Destination: "orders", Reporter: "callee", Detail: "mTLS handshake refused"}
+	report(t, os, &tallyv1.RecordBatch{BatchSeq: 1, InstanceId: hexID(2), Records: []*tallyv1.Record{refused}})
+
+	var om struct {
+		Items []control.Event `json:"items"`
+	}
+	p.getJSON(t, "/api/v1/omissions", &om)
+	if len(om.Items) != 2 || om.Items[0].Kind != "audit_gap" || om.Items[0].Destination != "" ||
+		om.Items[1].Kind != "unauthorized" || om.Items[1].Source != "" || om.Items[1].DestinationIdentity != "spiffe://mesh.local/svc/orders" {
+		t.Errorf("omissions = %+v, want the audit gap and the refused handshake", om.Items)
+	}
+	var edges struct {
+		Items []control.Edge `json:"items"`
+	}
+	p.getJSON(t, "/api/v1/edges", &edges)
+	if len(edges.Items) != 0 {
+		t.Errorf("edges = %+v, want none", edges.Items)
+	}
+	if got := p.metric(t, "tally_audit_gaps_total", nil); got != 1 {
+		t.Errorf("tally_audit_gaps_total = %v, want 1", got)
+	}
+	if got := p.metric(t, "tally_records_rejected_total", map[string]string{"reason": "invalid_destination"}); got != 1 {
+		t.Errorf("rejected{invalid_destination} = %v, want 1 (a SENT record needs its destination)", got)
+	}
+}

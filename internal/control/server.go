@@ -444,7 +444,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) (*metrics, error) {
 			Name: "tally_bytes_sent_total", Help: "Request bytes of the messages reported sent.",
 		}, edge),
 		bytesConfirmed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tally_bytes_confirmed_total", Help: "Request bytes of the messages reported confirmed.",
+			Name: "tally_bytes_confirmed_total", Help: "Request and response bytes of the messages reported confirmed.",
 		}, edge),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tally_request_duration_seconds",

@@ -108,8 +108,9 @@ type EdgeDelta struct {
 
 // Edge is the accounting of one source -> destination pair, as the REST API
 // returns it. InFlight is Sent - Confirmed - Omitted, never below zero.
-// BytesSent counts the request bytes of SENT records, BytesConfirmed those of
-// CONFIRMED records: of what was sent, how much is confirmed.
+// BytesSent counts the request bytes of SENT records; BytesConfirmed the
+// request and response bytes of CONFIRMED records, as the sidecars count
+// them.
 type Edge struct {
 	Source         string    `json:"source"`
 	Destination    string    `json:"destination"`
