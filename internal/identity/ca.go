@@ -323,9 +323,12 @@ func (ca *CA) IssueSVID(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([][]b
 		return nil, err
 	}
 	now := time.Now()
+	// Backdating is kept small against the life, so that RenewAt (two
+	// thirds of NotBefore..NotAfter) stays near two thirds of ttl even for
+	// short-lived SVIDs.
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		NotBefore:             now.Add(-leafBackdate),
+		NotBefore:             now.Add(-min(leafBackdate, ttl/10)),
 		NotAfter:              ca.clampNotAfter(now.Add(ttl)),
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageDigitalSignature,

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +42,7 @@ type agent struct {
 	cfg *Config
 	log *slog.Logger
 	rec *recorder
+	met *metrics
 
 	td     spiffeid.TrustDomain
 	source *identity.Source
@@ -55,8 +55,8 @@ type agent struct {
 	rr      sync.Map // service -> *atomic.Uint32 round-robin cursor
 }
 
-func newAgent(cfg *Config, log *slog.Logger, rec *recorder) *agent {
-	a := &agent{cfg: cfg, log: log.With("component", "agent"), rec: rec, synced: make(chan struct{})}
+func newAgent(cfg *Config, log *slog.Logger, rec *recorder, met *metrics) *agent {
+	a := &agent{cfg: cfg, log: log.With("component", "agent"), rec: rec, met: met, synced: make(chan struct{})}
 	a.state.Store(&meshState{endpoints: map[string][]endpoint{}})
 	return a
 }
@@ -151,6 +151,7 @@ func (a *agent) tryJoin(ctx context.Context) error {
 	}
 	a.conn = conn
 	a.client = tallyv1.NewMeshClient(conn)
+	a.met.svidExpiry.Set(float64(svid.Certificates[0].NotAfter.Unix()))
 	a.log.Info("joined mesh", "id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
 	return nil
 }
@@ -236,6 +237,8 @@ func (a *agent) renew(ctx context.Context) error {
 		return err
 	}
 	a.source.Update(svid)
+	a.met.svidRenewals.Inc()
+	a.met.svidExpiry.Set(float64(svid.Certificates[0].NotAfter.Unix()))
 	a.log.Info("SVID renewed", "expires", svid.Certificates[0].NotAfter)
 	return nil
 }
@@ -358,4 +361,3 @@ func (b *backoff) wait(ctx context.Context) error {
 	}
 }
 
-var _ = net.Dial

@@ -19,6 +19,9 @@ type metrics struct {
 	recordsDropped            prometheus.Counter
 	handshakeFailures         *prometheus.CounterVec // reason
 	badInput                  *prometheus.CounterVec // what
+	svidRenewals              prometheus.Counter
+	peerDials                 *prometheus.CounterVec // result
+	svidExpiry                prometheus.Gauge
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -49,9 +52,16 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "tally_proxy_handshake_failures_total", Help: "Inbound mTLS handshakes refused, by reason."}, []string{"reason"}),
 		badInput: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_proxy_bad_input_total", Help: "Malformed input refused, by what."}, []string{"what"}),
+		peerDials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_proxy_peer_dials_total", Help: "Connections dialed to other sidecars, by result."}, []string{"result"}),
+		svidRenewals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_proxy_svid_renewals_total", Help: "SVIDs renewed (at two thirds of their life)."}),
+		svidExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tally_proxy_svid_expiry_timestamp_seconds", Help: "When the current SVID expires (Unix time)."}),
 	}
 	reg.MustRegister(m.sent, m.confirmed, m.received, m.bytesSent, m.bytesConfirmed, m.retries,
-		m.omissions, m.duration, m.limitHits, m.recordsDropped, m.handshakeFailures, m.badInput)
+		m.omissions, m.duration, m.limitHits, m.recordsDropped, m.handshakeFailures, m.badInput,
+		m.svidRenewals, m.svidExpiry, m.peerDials)
 	return m
 }
 

@@ -125,6 +125,11 @@ func (p *pool) dial(addr string, call *dialCall) {
 			cc.Close()
 		}
 	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	p.agent.met.peerDials.WithLabelValues(result).Inc()
 	p.mu.Lock()
 	delete(p.dialing, addr)
 	if err == nil {

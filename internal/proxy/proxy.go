@@ -133,7 +133,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, log: cfg.Logger.With("component", "proxy", "service", cfg.Service)}
 	p.met = newMetrics(cfg.Registry)
 	p.rec = newRecorder(wire.NewID(), cfg.Service, cfg.RecordBuffer, p.met)
-	p.agent = newAgent(&p.cfg, p.log, p.rec)
+	p.agent = newAgent(&p.cfg, p.log, p.rec, p.met)
 	p.pool = newPool(p.agent)
 	p.app = newAppClients(cfg.AppAddr, cfg.AppProtocol, cfg.MaxHeaderBytes)
 	return p, nil
