@@ -360,4 +360,3 @@ func (b *backoff) wait(ctx context.Context) error {
 		return nil
 	}
 }
-

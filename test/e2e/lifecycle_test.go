@@ -104,4 +104,3 @@ func TestSIGTERMDrainsInFlightMessages(t *testing.T) {
 		})
 	}
 }
-

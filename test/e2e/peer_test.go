@@ -218,4 +218,3 @@ func TestGarbageOnTCPFraming(t *testing.T) {
 		waitReady(t, "http://"+callee.admin+"/readyz", callee.proc)
 	})
 }
-
