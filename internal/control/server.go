@@ -50,6 +50,8 @@ const (
 	serverCertTTL = 30 * 24 * time.Hour
 	// sseHeartbeat is the interval of comment lines on the event stream.
 	sseHeartbeat = 15 * time.Second
+	// maxBatchBytes bounds one gRPC message, a RecordBatch in practice.
+	maxBatchBytes = 32 << 20
 	// sseBuffer is the number of events a stream subscriber may lag behind
 	// before it is dropped.
 	sseBuffer = 1024
@@ -160,6 +162,12 @@ func New(cfg Config) (*Server, error) {
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("control: creating data directory: %w", err)
+	}
+	if fi, err := os.Stat(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	} else if fi.Mode().Perm()&0o077 != 0 {
+		cfg.Logger.Warn("data directory is open to other users; it holds the CA key and tokens",
+			"dir", cfg.DataDir, "mode", fi.Mode().Perm().String())
 	}
 	ca, err := identity.LoadOrCreateCA(cfg.DataDir, td)
 	if err != nil {
@@ -277,6 +285,9 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// A refused batch would be resent forever: leave ample room over
+		// the sidecars' batches (2,000 records, well under 4 MiB).
+		grpc.MaxRecvMsgSize(maxBatchBytes),
 	)
 	tallyv1.RegisterMeshServer(gs, &meshServer{s: s})
 
