@@ -283,19 +283,21 @@ func (ms *meshServer) Report(stream grpc.BidiStreamingServer[tallyv1.RecordBatch
 
 // Reasons of tally_records_rejected_total.
 const (
-	rejectKind          = "unknown_kind"
-	rejectSource        = "invalid_source"
-	rejectDestination   = "invalid_destination"
-	rejectMessageID     = "invalid_message_id"
-	rejectOmissionKind  = "invalid_omission_kind"
-	rejectReporter      = "invalid_reporter"
-	rejectProtocol      = "invalid_protocol"
-	rejectIdentity      = "invalid_identity"
-	rejectValue         = "invalid_value"
-	rejectForged        = "identity_mismatch"
-	rejectTooManyEdges  = "too_many_edges"
-	maxRecordDetailSize = 1024
+	rejectKind         = "unknown_kind"
+	rejectSource       = "invalid_source"
+	rejectDestination  = "invalid_destination"
+	rejectMessageID    = "invalid_message_id"
+	rejectOmissionKind = "invalid_omission_kind"
+	rejectReporter     = "invalid_reporter"
+	rejectProtocol     = "invalid_protocol"
+	rejectIdentity     = "invalid_identity"
+	rejectValue        = "invalid_value"
+	rejectForged       = "identity_mismatch"
+	rejectTooManyEdges = "too_many_edges"
 )
+
+// maxRecordDetailSize bounds the detail of one omission record.
+const maxRecordDetailSize = 1024
 
 // applyBatch validates the records of b, applies the valid ones and updates
 // metrics and the event stream. A malformed batch (not its records) is an

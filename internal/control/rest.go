@@ -162,13 +162,14 @@ func (p slogPrinter) Println(v ...any) { p.s.log.Error("serving metrics", "err",
 
 // admin wraps h so that it runs only for a request bearing the admin token.
 func (s *Server) admin(h handlerFunc) handlerFunc {
-	want := []byte("Bearer " + s.adminToken)
+	want := []byte(s.adminToken)
 	return func(w http.ResponseWriter, r *http.Request) error {
-		got := r.Header.Get("Authorization")
-		if got == "" {
+		auth := r.Header.Get("Authorization")
+		if auth == "" {
 			return &httpError{status: http.StatusUnauthorized, msg: "this endpoint needs the admin token (DIR/admin-token) as 'Authorization: Bearer <token>'"}
 		}
-		if subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+		scheme, got, _ := strings.Cut(auth, " ")
+		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), want) != 1 {
 			return &httpError{status: http.StatusUnauthorized, msg: "wrong admin token"}
 		}
 		return h(w, r)
