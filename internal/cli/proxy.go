@@ -46,6 +46,9 @@ func newProxyCmd() *cobra.Command {
 			if cfg.HoldBytes, err = parseBytes(holdBytes); err != nil {
 				return fmt.Errorf("--hold-bytes: %w", err)
 			}
+			if cfg.HoldBytes == 0 {
+				cfg.HoldBytes = -1 // hold nothing: every body streams
+			}
 			cfg.Logger = newLogger(cmd)
 			p, err := proxy.New(cfg)
 			if err != nil {

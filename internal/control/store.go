@@ -262,13 +262,15 @@ func (m *memStore) Apply(key BatchKey, recs []Record, now time.Time) Applied {
 		d := &a.Deltas[j]
 		switch r.Kind {
 		case tallyv1.RecordKind_RECORD_KIND_SENT:
+			// A request's size is known only at its end: bytes sent are
+			// counted from the record that ends the message.
 			e.Sent++
 			d.Sent++
-			e.BytesSent += uint64(r.RequestBytes)
-			d.BytesSent += uint64(r.RequestBytes)
 		case tallyv1.RecordKind_RECORD_KIND_CONFIRMED:
 			e.Confirmed++
 			d.Confirmed++
+			e.BytesSent += uint64(r.RequestBytes)
+			d.BytesSent += uint64(r.RequestBytes)
 			e.BytesConfirmed += uint64(r.RequestBytes + r.ResponseBytes)
 			d.BytesConfirmed += uint64(r.RequestBytes + r.ResponseBytes)
 			e.hist.observe(r.Latency)
@@ -285,6 +287,8 @@ func (m *memStore) Apply(key BatchKey, recs []Record, now time.Time) Applied {
 			if callerFirst {
 				e.Omitted++
 				d.Omitted++
+				e.BytesSent += uint64(r.RequestBytes)
+				d.BytesSent += uint64(r.RequestBytes)
 			}
 		}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -45,7 +46,8 @@ type agent struct {
 	met *metrics
 
 	td     spiffeid.TrustDomain
-	source *identity.Source
+	source *identity.Source // set once by join, before joined
+	joined atomic.Bool
 	conn   *grpc.ClientConn // mTLS with the current SVID
 	client tallyv1.MeshClient
 
@@ -63,7 +65,7 @@ func newAgent(cfg *Config, log *slog.Logger, rec *recorder, met *metrics) *agent
 
 func (a *agent) notReadyReason() string {
 	switch {
-	case a.source == nil:
+	case !a.joined.Load():
 		return "not joined"
 	default:
 		select {
@@ -110,11 +112,13 @@ func (a *agent) tryJoin(ctx context.Context) error {
 	}
 	cs := c.(*tls.Conn).ConnectionState()
 	c.Close()
-	ctlID, err := identity.PeerID(&cs)
+	pinned, err := identity.PinnedCA(&cs, tok.CAFingerprint)
 	if err != nil {
 		return permanentError{fmt.Errorf("control plane certificate: %w", err)}
 	}
-	a.td = ctlID.TrustDomain()
+	if a.td, err = identity.TrustDomainOf(pinned); err != nil {
+		return permanentError{fmt.Errorf("mesh CA: %w", err)}
+	}
 	id, err := identity.ServiceID(a.td, a.cfg.Service)
 	if err != nil {
 		return permanentError{err}
@@ -144,16 +148,33 @@ func (a *agent) tryJoin(ctx context.Context) error {
 	if err != nil {
 		return permanentError{err}
 	}
+	if !bundleHolds(bundle, tok.CAFingerprint) {
+		return permanentError{errors.New("trust bundle from control plane does not hold the CA the join token names")}
+	}
 	a.source = identity.NewSource(svid, bundle)
-	conn, err := grpc.NewClient(tok.Addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.MeshClientTLS(a.source, a.td))))
+	// Only the control plane's own identity may answer on this connection:
+	// every sidecar certificate is also a TLS server certificate.
+	ctlTLS := tlsconfig.MTLSClientConfig(a.source, a.source, tlsconfig.AuthorizeID(identity.ControlID(a.td)))
+	ctlTLS.MinVersion = tls.VersionTLS13
+	conn, err := grpc.NewClient(tok.Addr, grpc.WithTransportCredentials(credentials.NewTLS(ctlTLS)))
 	if err != nil {
 		return permanentError{fmt.Errorf("mesh client: %w", err)}
 	}
 	a.conn = conn
 	a.client = tallyv1.NewMeshClient(conn)
 	a.met.svidExpiry.Set(float64(svid.Certificates[0].NotAfter.Unix()))
+	a.joined.Store(true)
 	a.log.Info("joined mesh", "id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
 	return nil
+}
+
+func bundleHolds(b *x509bundle.Bundle, fp [32]byte) bool {
+	for _, c := range b.X509Authorities() {
+		if identity.Fingerprint(c) == fp {
+			return true
+		}
+	}
+	return false
 }
 
 func newCSR(id spiffeid.ID) (crypto.Signer, []byte, error) {

@@ -155,7 +155,9 @@ func (p *Proxy) inboundServer() *http.Server {
 func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	ci, _ := r.Context().Value(connInfoKey{}).(*connInfo)
 	if ci == nil || ci.service == "" || ci.keyErr != nil {
-		http.Error(w, "tally: peer is not a mesh service", http.StatusForbidden)
+		p.met.badInput.WithLabelValues("peer_identity").Inc()
+		p.log.Warn("inbound request from a peer that is not a mesh service", "peer", r.RemoteAddr)
+		refuse(w, "unauthorized", http.StatusForbidden, "peer is not a mesh service")
 		return
 	}
 	in := p.inEdge(ci.service)
@@ -164,20 +166,22 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	if err := wire.ParseID(id); err != nil || serr != nil {
 		p.met.badInput.WithLabelValues("message_header").Inc()
 		p.log.Warn("inbound message without valid id or sequence", "peer", ci.peer.String(), "id_err", err, "seq_err", serr)
-		http.Error(w, "tally: bad Tally-Message-Id or Tally-Seq", http.StatusBadRequest)
+		refuse(w, "unconfirmed", http.StatusBadRequest, "bad Tally-Message-Id or Tally-Seq")
 		return
 	}
-	m := &inMessage{id: id, seq: seq, edge: in, peer: ci, proto: r.Header.Get(wire.HeaderProtocol)}
+	m := &inMessage{id: id, seq: seq, edge: in, peer: ci, proto: r.Header.Get(wire.HeaderProtocol),
+		peerInstance: r.Header.Get(wire.HeaderInstance)}
 	if dest := r.Header.Get(wire.HeaderDestination); dest != p.cfg.Service {
 		// Addressed to another service: do not deliver.
 		p.calleeOmission(m, "misrouted", fmt.Sprintf("message for %q arrived at %q; not delivered", dest, p.cfg.Service))
-		w.Header().Set(wire.HeaderOmission, "misrouted")
-		http.Error(w, fmt.Sprintf("tally: this is %s, not %s", p.cfg.Service, dest), http.StatusMisdirectedRequest)
+		refuse(w, "misrouted", http.StatusMisdirectedRequest, fmt.Sprintf("this is %s, not %s", p.cfg.Service, dest))
 		return
 	}
 	if n := headerSize(r.Header); n > p.cfg.MaxHeaderBytes {
 		p.met.limitHits.WithLabelValues("header_bytes").Inc()
-		http.Error(w, "tally: request header block over the limit", http.StatusRequestHeaderFieldsTooLarge)
+		detail := fmt.Sprintf("request header block of %d bytes over the limit of %d; not delivered", n, p.cfg.MaxHeaderBytes)
+		p.calleeOmission(m, "unconfirmed", detail)
+		refuse(w, "unconfirmed", http.StatusRequestHeaderFieldsTooLarge, detail)
 		return
 	}
 	switch m.proto {
@@ -187,18 +191,28 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	case "http", "grpc":
 	default:
 		p.met.badInput.WithLabelValues("protocol").Inc()
-		http.Error(w, fmt.Sprintf("tally: unknown Tally-Protocol %q", m.proto), http.StatusBadRequest)
+		detail := fmt.Sprintf("unknown Tally-Protocol %q; not delivered", m.proto)
+		p.calleeOmission(m, "unconfirmed", detail)
+		refuse(w, "unconfirmed", http.StatusBadRequest, detail)
 		return
 	}
 	p.deliverHTTP(w, r, m)
 }
 
 type inMessage struct {
-	id    string
-	seq   uint64
-	edge  *edge
-	peer  *connInfo
-	proto string
+	id           string
+	seq          uint64
+	edge         *edge
+	peer         *connInfo
+	proto        string
+	peerInstance string // the caller's instance: the sequence space of seq
+}
+
+// refuse answers a message the callee will not deliver; Tally-Omission tells
+// the caller's sidecar why.
+func refuse(w http.ResponseWriter, kind string, status int, msg string) {
+	w.Header().Set(wire.HeaderOmission, kind)
+	http.Error(w, "tally: "+msg, status)
 }
 
 func (p *Proxy) inEdge(source string) *edge {
@@ -217,6 +231,7 @@ func (p *Proxy) calleeOmission(m *inMessage, kind, detail string) {
 		Kind: tallyv1.RecordKind_RECORD_KIND_OMISSION, OmissionKind: kind, Detail: detail,
 		MessageId: m.id, Seq: m.seq, Source: m.edge.source, Destination: p.cfg.Service,
 		SourceIdentity: m.peer.peer.String(), Protocol: m.proto, Reporter: "callee",
+		PeerInstanceId: m.peerInstance,
 	})
 }
 
@@ -255,7 +270,9 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 	grpcCall := m.proto == "grpc"
 	out, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+p.cfg.AppAddr+r.URL.RequestURI(), nil)
 	if err != nil {
-		http.Error(w, "tally: "+err.Error(), http.StatusBadRequest)
+		p.met.badInput.WithLabelValues("request_target").Inc()
+		p.calleeOmission(m, "unconfirmed", "request target: "+err.Error())
+		refuse(w, "unconfirmed", http.StatusBadRequest, "request target: "+err.Error())
 		return
 	}
 	out.Header = r.Header.Clone()
@@ -268,12 +285,28 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 
 	var body *verifyingReader
 	check := requestCheck(r)
+	// The caller app's own request trailers go on to the app.
+	for k := range r.Trailer {
+		if !isTallyField(k) {
+			if out.Trailer == nil {
+				out.Trailer = http.Header{}
+			}
+			out.Trailer[k] = nil
+		}
+	}
+	if out.Trailer != nil {
+		inner := check
+		check = func(sum [32]byte, n int64) error {
+			setRequestTrailers(out.Trailer, r.Trailer)
+			return inner(sum, n)
+		}
+	}
 	switch {
 	case r.ContentLength == 0 && len(r.Trailer) == 0:
 		body = newVerifyingReader(http.NoBody, newMeter(), false, check)
 		io.Copy(io.Discard, body)
 		out.Body = http.NoBody
-	case r.ContentLength > 0 && r.ContentLength <= p.cfg.HoldBytes && !grpcCall:
+	case r.ContentLength > 0 && r.ContentLength <= p.holdBytes() && !grpcCall:
 		// Small and of known size: verify it whole before the app sees it.
 		body = newVerifyingReader(r.Body, newMeter(), false, check)
 		buf := bufPool.Get().(*bytes.Buffer)
@@ -288,10 +321,9 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 	defer body.Close()
 	if body.ended() {
 		if _, _, err := body.result(); err != nil {
-			om := asOmission(err, 0)
+			om := asOmission(err, body.m.n)
 			p.calleeOmission(m, om.kind, om.detail)
-			w.Header().Set(wire.HeaderOmission, om.kind)
-			http.Error(w, "tally: request not delivered: "+om.Error(), http.StatusBadGateway)
+			refuse(w, om.kind, http.StatusBadGateway, "request not delivered: "+om.Error())
 			return
 		}
 	}
@@ -306,22 +338,19 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 		if berr := body.failure(); berr != nil {
 			om := asOmission(berr, 1)
 			p.calleeOmission(m, om.kind, om.detail)
-			w.Header().Set(wire.HeaderOmission, om.kind)
-			http.Error(w, "tally: request not delivered whole: "+om.Error(), http.StatusBadGateway)
+			refuse(w, om.kind, http.StatusBadGateway, "request not delivered whole: "+om.Error())
 			return
 		}
 		p.log.Warn("app unreachable", "app", p.cfg.AppAddr, "err", err)
 		p.calleeOmission(m, "unconfirmed", "app did not answer: "+err.Error())
-		w.Header().Set(wire.HeaderOmission, "unconfirmed")
-		http.Error(w, "tally: app did not answer: "+err.Error(), http.StatusBadGateway)
+		refuse(w, "unconfirmed", http.StatusBadGateway, "app did not answer: "+err.Error())
 		return
 	}
 	defer resp.Body.Close()
 	if n := headerSize(resp.Header); n > p.cfg.MaxHeaderBytes {
 		p.met.limitHits.WithLabelValues("header_bytes").Inc()
 		p.calleeOmission(m, "unconfirmed", fmt.Sprintf("app response header block of %d bytes over the limit", n))
-		w.Header().Set(wire.HeaderOmission, "unconfirmed")
-		http.Error(w, "tally: app response header too large", http.StatusBadGateway)
+		refuse(w, "unconfirmed", http.StatusBadGateway, "app response header too large")
 		return
 	}
 
@@ -389,11 +418,7 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 		h.Set(wire.HeaderOmission, "truncated")
 		return
 	}
-	for k, vs := range resp.Trailer {
-		if !isTallyField(k) {
-			h[http.TrailerPrefix+k] = vs
-		}
-	}
+	setAppTrailers(h, resp.Trailer)
 	// The receipt covers the request as received: wait for its end (the
 	// app normally read it all before answering).
 	reqSum, reqLen, reqErr := body.resultWithin(5 * time.Second)
@@ -412,8 +437,14 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 		Kind: tallyv1.RecordKind_RECORD_KIND_RECEIVED, MessageId: m.id, Seq: m.seq,
 		Source: m.edge.source, Destination: p.cfg.Service, SourceIdentity: m.peer.peer.String(),
 		Protocol: m.proto, Reporter: "callee", RequestDigest: reqSum[:], ResponseDigest: sum[:],
-		RequestBytes: reqLen, ResponseBytes: rm.n,
+		RequestBytes: reqLen, ResponseBytes: rm.n, PeerInstanceId: m.peerInstance,
 	})
+}
+
+func setRequestTrailers(dst, src http.Header) {
+	for k := range dst {
+		dst[k] = src[k]
+	}
 }
 
 // appClients reach the local app: HTTP/1.1 for plain requests, h2c for gRPC.

@@ -69,6 +69,7 @@ type call struct {
 	proto string // http, grpc, tcp
 	start time.Time
 	pc    *peerConn
+	req   *verifyingReader // the request body as sent
 }
 
 func (p *Proxy) edgeFor(dest string) *edge {
@@ -134,15 +135,26 @@ func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 			out.Trailer[k] = nil
 		}
 		body = newVerifyingReader(r.Body, reqMeter, false, func(sum [32]byte, n int64) error {
+			// The app's own request trailers travel on, beside ours.
+			for k, vs := range r.Trailer {
+				if !isTallyField(k) && len(vs) > 0 {
+					out.Trailer[k] = vs
+				}
+			}
 			out.Trailer.Set(wire.HeaderContentDigest, digest.Format(sum))
 			out.Trailer.Set(wire.HeaderLength, strconv.FormatInt(n, 10))
 			return nil
 		})
+		for k := range r.Trailer {
+			if !isTallyField(k) {
+				out.Trailer[k] = nil
+			}
+		}
 		out.Body = body
 	}
+	c.req = body
 
-	e.sent.Inc()
-	p.rec.add(c.record(tallyv1.RecordKind_RECORD_KIND_SENT))
+	p.markSent(c)
 	resp, err := pc.cc.RoundTrip(out)
 	if err != nil {
 		p.pool.dropIfBroken(pc)
@@ -227,7 +239,7 @@ func (p *Proxy) relayHTTP(w http.ResponseWriter, r *http.Request, c *call, resp 
 	m := newMeter()
 	buf := bufPool.Get().(*bytes.Buffer)
 	defer func() { buf.Reset(); bufPool.Put(buf) }()
-	ended, err := readUpTo(buf, resp.Body, p.cfg.HoldBytes, &m)
+	ended, err := readUpTo(buf, resp.Body, p.holdBytes(), &m)
 	if err != nil {
 		p.failCaller(w, r, c, p.bodyFailure(err, m.n), false)
 		return
@@ -241,12 +253,16 @@ func (p *Proxy) relayHTTP(w http.ResponseWriter, r *http.Request, c *call, resp 
 		h := w.Header()
 		copyResponseHeader(h, resp.Header)
 		h.Set(wire.HeaderMessageID, c.id)
-		if r.Method != http.MethodHead || m.n > 0 {
+		h.Set(wire.HeaderContentDigest, digest.Format(sum))
+		appTrailers := declareAppTrailers(h, resp.Trailer)
+		if !appTrailers && (r.Method != http.MethodHead || m.n > 0) {
+			// Trailers need chunked encoding on HTTP/1.1; without
+			// them the length is known and kept.
 			h.Set("Content-Length", strconv.FormatInt(m.n, 10))
 		}
-		h.Set(wire.HeaderContentDigest, digest.Format(sum))
 		w.WriteHeader(resp.StatusCode)
 		w.Write(buf.Bytes())
+		setAppTrailers(h, resp.Trailer)
 		p.confirm(c, req, sum, m.n)
 		return
 	}
@@ -281,7 +297,30 @@ func (p *Proxy) relayHTTP(w http.ResponseWriter, r *http.Request, c *call, resp 
 		return
 	}
 	h.Set(wire.HeaderContentDigest, digest.Format(sum))
+	setAppTrailers(h, resp.Trailer)
 	p.confirm(c, req, sum, n)
+}
+
+// declareAppTrailers announces the app's own trailers (not the sidecars'
+// accounting fields) and reports whether there are any.
+func declareAppTrailers(h, trailer http.Header) bool {
+	any := false
+	for k := range trailer {
+		if !isTallyField(k) {
+			h.Add("Trailer", k)
+			any = true
+		}
+	}
+	return any
+}
+
+// setAppTrailers passes the app's own trailers on to the caller.
+func setAppTrailers(h, trailer http.Header) {
+	for k, vs := range trailer {
+		if !isTallyField(k) && len(vs) > 0 {
+			h[http.TrailerPrefix+k] = vs
+		}
+	}
 }
 
 // relayGRPC streams a gRPC response as it comes (messages must flow) and
@@ -335,12 +374,7 @@ func (p *Proxy) relayGRPC(w http.ResponseWriter, r *http.Request, c *call, resp 
 		p.failCaller(w, r, c, asOmission(err, n), true)
 		return
 	}
-	for k, vs := range resp.Trailer {
-		if isTallyField(k) {
-			continue
-		}
-		h[http.TrailerPrefix+k] = vs
-	}
+	setAppTrailers(h, resp.Trailer)
 	h.Set(http.TrailerPrefix+wire.HeaderContentDigest, digest.Format(sum))
 	p.confirm(c, req, sum, n)
 }
@@ -416,6 +450,30 @@ func (p *Proxy) confirm(c *call, req *verifyingReader, sum [32]byte, n int64) {
 	p.rec.add(rec)
 }
 
+// markSent counts and records a message as sent: from here on it ends as
+// confirmed or as an omission.
+func (p *Proxy) markSent(c *call) {
+	c.edge.sent.Inc()
+	p.rec.add(c.record(tallyv1.RecordKind_RECORD_KIND_SENT))
+}
+
+// callerOmission counts, records and logs an omission seen by the caller's
+// sidecar; the record carries what had been sent of the request.
+func (p *Proxy) callerOmission(c *call, om *omission) {
+	c.edge.omitted(om.kind)
+	rec := c.record(tallyv1.RecordKind_RECORD_KIND_OMISSION)
+	rec.OmissionKind = om.kind
+	rec.Detail = om.detail
+	if c.req != nil && c.req.ended() {
+		if _, n, _ := c.req.result(); n > 0 {
+			rec.RequestBytes = n
+			c.edge.bytesSent.Add(float64(n))
+		}
+	}
+	p.rec.add(rec)
+	p.log.Warn("omission", "kind", om.kind, "destination", c.edge.dest, "message_id", c.id, "seq", c.seq, "detail", om.detail)
+}
+
 func (c *call) record(kind tallyv1.RecordKind) *tallyv1.Record {
 	return &tallyv1.Record{
 		Kind: kind, MessageId: c.id, Seq: c.seq, Source: c.edge.source, Destination: c.edge.dest,
@@ -427,8 +485,10 @@ func (c *call) record(kind tallyv1.RecordKind) *tallyv1.Record {
 func (p *Proxy) failBeforeSend(w http.ResponseWriter, r *http.Request, c *call, err error) {
 	var om *omission
 	if errors.As(err, &om) {
-		// Misrouted: a message was addressed, nothing was delivered.
+		// Misrouted: a message was addressed (and so counts as sent),
+		// nothing was delivered.
 		c.seq = c.edge.seq.Add(1)
+		p.markSent(c)
 		p.failCaller(w, r, c, om, false)
 		return
 	}
@@ -450,12 +510,7 @@ func (p *Proxy) failBeforeSend(w http.ResponseWriter, r *http.Request, c *call, 
 // omission if nothing reached the caller yet, an aborted body otherwise;
 // and records the omission at once.
 func (p *Proxy) failCaller(w http.ResponseWriter, r *http.Request, c *call, om *omission, started bool) {
-	c.edge.omitted(om.kind)
-	rec := c.record(tallyv1.RecordKind_RECORD_KIND_OMISSION)
-	rec.OmissionKind = om.kind
-	rec.Detail = om.detail
-	p.rec.add(rec)
-	p.log.Warn("omission", "kind", om.kind, "destination", c.edge.dest, "message_id", c.id, "seq", c.seq, "detail", om.detail)
+	p.callerOmission(c, om)
 	grpcCall := c.proto == "grpc"
 	switch {
 	case grpcCall && started:

@@ -18,6 +18,9 @@ import (
 	"github.com/tally-mesh/tally/internal/wire"
 )
 
+// DefaultHoldBytes is the default of Config.HoldBytes (SPEC.md --hold-bytes).
+const DefaultHoldBytes = 256 << 10
+
 // Config configures a sidecar. The zero value of each optional field is
 // documented beside it.
 type Config struct {
@@ -32,7 +35,8 @@ type Config struct {
 	AdminAddr     string            // /metrics, /healthz, /readyz; "" = none
 
 	// HoldBytes: a body up to this size is verified before its first byte is
-	// delivered; a larger one is streamed with its tail withheld. 0 = 256 KiB.
+	// delivered; a larger one is streamed with its tail withheld.
+	// 0 = DefaultHoldBytes; negative = hold nothing (every body streams).
 	HoldBytes int64
 	// MaxHeaderBytes bounds the request or response header block (names plus
 	// values). 0 = 64 KiB. Requests over it get 431; counted.
@@ -55,7 +59,7 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.HoldBytes == 0 {
-		c.HoldBytes = 256 << 10
+		c.HoldBytes = DefaultHoldBytes
 	}
 	if c.MaxHeaderBytes == 0 {
 		c.MaxHeaderBytes = 64 << 10
@@ -99,9 +103,6 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--upstream %s: %w", name, err)
 		}
 	}
-	if c.HoldBytes < 0 {
-		return errors.New("--hold-bytes: must not be negative")
-	}
 	switch c.AppProtocol {
 	case "auto", "http1", "h2c":
 	default:
@@ -138,6 +139,9 @@ func New(cfg Config) (*Proxy, error) {
 	p.app = newAppClients(cfg.AppAddr, cfg.AppProtocol, cfg.MaxHeaderBytes)
 	return p, nil
 }
+
+// holdBytes is the effective hold limit.
+func (p *Proxy) holdBytes() int64 { return max(p.cfg.HoldBytes, 0) }
 
 // Ready reports whether the sidecar has joined, holds a certificate and holds
 // the endpoint snapshot.

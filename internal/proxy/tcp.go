@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	tallyv1 "github.com/tally-mesh/tally/api/tally/v1"
 	"github.com/tally-mesh/tally/internal/receipt"
@@ -157,7 +158,8 @@ func (p *Proxy) relayTCP(ctx context.Context, dest string, client *net.TCPConn) 
 		var om *omission
 		if errors.As(err, &om) {
 			c.seq = e.seq.Add(1)
-			p.tcpOmission(c, om)
+			p.markSent(c)
+			p.callerOmission(c, om)
 		} else {
 			p.log.Warn("no peer reachable", "destination", dest, "err", err)
 		}
@@ -179,8 +181,7 @@ func (p *Proxy) relayTCP(ctx context.Context, dest string, client *net.TCPConn) 
 		Body: pr, ContentLength: -1,
 	}
 	req = req.WithContext(ctx)
-	e.sent.Inc()
-	p.rec.add(c.record(tallyv1.RecordKind_RECORD_KIND_SENT))
+	p.markSent(c)
 
 	up, down := newDirection(), newDirection()
 	fw := &frameWriter{w: pw}
@@ -198,7 +199,7 @@ func (p *Proxy) relayTCP(ctx context.Context, dest string, client *net.TCPConn) 
 	fail := func(om *omission) {
 		pw.CloseWithError(om)
 		resetConn(client)
-		p.tcpOmission(c, om)
+		p.callerOmission(c, om)
 	}
 	resp, err := pc.cc.RoundTrip(req)
 	if err != nil {
@@ -287,14 +288,6 @@ func (p *Proxy) relayTCP(ctx context.Context, dest string, client *net.TCPConn) 
 	p.rec.add(rec)
 }
 
-func (p *Proxy) tcpOmission(c *call, om *omission) {
-	c.edge.omitted(om.kind)
-	rec := c.record(tallyv1.RecordKind_RECORD_KIND_OMISSION)
-	rec.OmissionKind, rec.Detail = om.kind, om.detail
-	p.rec.add(rec)
-	p.log.Warn("omission", "kind", om.kind, "destination", c.edge.dest, "message_id", c.id, "seq", c.seq, "detail", om.detail)
-}
-
 // serveInboundTCP is the callee side of a TCP stream: it dials the app and
 // relays both directions, confirming each FIN.
 func (p *Proxy) serveInboundTCP(w http.ResponseWriter, r *http.Request, m *inMessage) {
@@ -302,8 +295,7 @@ func (p *Proxy) serveInboundTCP(w http.ResponseWriter, r *http.Request, m *inMes
 	ac, err := d.DialContext(r.Context(), "tcp", p.cfg.AppAddr)
 	if err != nil {
 		p.calleeOmission(m, "unconfirmed", "app did not accept the connection: "+err.Error())
-		w.Header().Set(wire.HeaderOmission, "unconfirmed")
-		http.Error(w, "tally: app unreachable", http.StatusBadGateway)
+		refuse(w, "unconfirmed", http.StatusBadGateway, "app unreachable")
 		return
 	}
 	app := ac.(*net.TCPConn)
@@ -392,13 +384,19 @@ func (p *Proxy) serveInboundTCP(w http.ResponseWriter, r *http.Request, m *inMes
 		Kind: tallyv1.RecordKind_RECORD_KIND_RECEIVED, MessageId: m.id, Seq: m.seq,
 		Source: m.edge.source, Destination: p.cfg.Service, SourceIdentity: m.peer.peer.String(),
 		Protocol: "tcp", Reporter: "callee", RequestDigest: upFin.sum[:], ResponseDigest: downFin.sum[:],
-		RequestBytes: upFin.n, ResponseBytes: downFin.n,
+		RequestBytes: upFin.n, ResponseBytes: downFin.n, PeerInstanceId: m.peerInstance,
 	})
 }
 
+// truncateString cuts s to at most n bytes without splitting a character
+// (a RESET reason must stay valid UTF-8).
 func truncateString(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n]
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
 }

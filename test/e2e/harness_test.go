@@ -88,6 +88,9 @@ func start(t *testing.T, name string, args ...string) *proc {
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		p.stop()
+		if strings.Contains(p.out.String(), "WARNING: DATA RACE") {
+			t.Errorf("%s: the race detector found a data race", name)
+		}
 		if t.Failed() || testing.Verbose() {
 			t.Logf("--- output of %s (%v):\n%s", name, args, p.out.String())
 		}
@@ -411,5 +414,3 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
-
-var _ = strings.Contains

@@ -577,9 +577,13 @@ type Record struct {
 	OmissionKind        string                 `protobuf:"bytes,15,opt,name=omission_kind,json=omissionKind,proto3" json:"omission_kind,omitempty"`  // OMISSION only
 	Detail              string                 `protobuf:"bytes,16,opt,name=detail,proto3" json:"detail,omitempty"`                                  // OMISSION only
 	Reporter            string                 `protobuf:"bytes,17,opt,name=reporter,proto3" json:"reporter,omitempty"`                              // "caller" or "callee"
-	InstanceId          string                 `protobuf:"bytes,18,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`        // the sending sidecar's instance (the edge's sequence space)
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	InstanceId          string                 `protobuf:"bytes,18,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`        // the uploading sidecar's instance
+	// On callee records: the caller's instance (Tally-Instance), whose
+	// per-edge sequence space seq belongs to. On caller records it equals
+	// instance_id and may be left empty.
+	PeerInstanceId string `protobuf:"bytes,19,opt,name=peer_instance_id,json=peerInstanceId,proto3" json:"peer_instance_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Record) Reset() {
@@ -738,6 +742,13 @@ func (x *Record) GetInstanceId() string {
 	return ""
 }
 
+func (x *Record) GetPeerInstanceId() string {
+	if x != nil {
+		return x.PeerInstanceId
+	}
+	return ""
+}
+
 type RecordBatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BatchSeq      uint64                 `protobuf:"varint,1,opt,name=batch_seq,json=batchSeq,proto3" json:"batch_seq,omitempty"` // per instance, starting at 1
@@ -880,7 +891,7 @@ const file_tally_v1_mesh_proto_rawDesc = "" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\x12\n" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x18\n" +
 	"\apercent\x18\x04 \x01(\x01R\apercent\x12\x19\n" +
-	"\bdelay_ms\x18\x05 \x01(\x03R\adelayMs\"\xf2\x04\n" +
+	"\bdelay_ms\x18\x05 \x01(\x03R\adelayMs\"\x9c\x05\n" +
 	"\x06Record\x12(\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x14.tally.v1.RecordKindR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -903,7 +914,8 @@ const file_tally_v1_mesh_proto_rawDesc = "" +
 	"\x06detail\x18\x10 \x01(\tR\x06detail\x12\x1a\n" +
 	"\breporter\x18\x11 \x01(\tR\breporter\x12\x1f\n" +
 	"\vinstance_id\x18\x12 \x01(\tR\n" +
-	"instanceId\"w\n" +
+	"instanceId\x12(\n" +
+	"\x10peer_instance_id\x18\x13 \x01(\tR\x0epeerInstanceId\"w\n" +
 	"\vRecordBatch\x12\x1b\n" +
 	"\tbatch_seq\x18\x01 \x01(\x04R\bbatchSeq\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +

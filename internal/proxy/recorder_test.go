@@ -1,0 +1,93 @@
+package proxy
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	tallyv1 "github.com/tally-mesh/tally/api/tally/v1"
+)
+
+func newTestRecorder(limit int) *recorder {
+	return newRecorder("0123456789abcdef0123456789abcdef", "frontend", limit, newMetrics(prometheus.NewRegistry()))
+}
+
+func sent(id string) *tallyv1.Record {
+	return &tallyv1.Record{Kind: tallyv1.RecordKind_RECORD_KIND_SENT, MessageId: id, Source: "frontend", Destination: "orders"}
+}
+
+func TestRecorderResendsUntilAcknowledged(t *testing.T) {
+	r := newTestRecorder(100)
+	ctx := t.Context()
+	r.add(sent("a"))
+	r.add(sent("b"))
+	b1, err := r.next(ctx)
+	if err != nil || len(b1.Records) != 2 || b1.BatchSeq != 1 {
+		t.Fatalf("first batch: %v %v", b1, err)
+	}
+	r.add(sent("c"))
+	b2, _ := r.next(ctx)
+	if b2.BatchSeq != 2 {
+		t.Fatalf("second batch seq %d, want 2", b2.BatchSeq)
+	}
+	// The connection drops before any ack: both batches go again, in order,
+	// with their numbers.
+	r.rewind()
+	for _, want := range []uint64{1, 2} {
+		b, _ := r.next(ctx)
+		if b.BatchSeq != want {
+			t.Fatalf("resend: got batch %d, want %d", b.BatchSeq, want)
+		}
+	}
+	r.ack(1)
+	if got := r.held(); got != 1 {
+		t.Fatalf("held after ack 1: %d, want 1", got)
+	}
+	r.ack(2)
+	if got := r.held(); got != 0 {
+		t.Fatalf("held after ack 2: %d, want 0", got)
+	}
+}
+
+func TestRecorderOverflowBecomesAuditGap(t *testing.T) {
+	r := newTestRecorder(3)
+	for _, id := range []string{"a", "b", "c", "d", "e"} {
+		r.add(sent(id))
+	}
+	var m dto.Metric
+	r.met.recordsDropped.Write(&m)
+	if got := m.GetCounter().GetValue(); got != 2 {
+		t.Fatalf("dropped: %v, want 2", got)
+	}
+	b, _ := r.next(t.Context())
+	r.ack(b.BatchSeq)
+	gap, _ := r.next(t.Context())
+	if len(gap.Records) != 1 || gap.Records[0].OmissionKind != "audit_gap" {
+		t.Fatalf("after room frees up: %v; want one audit_gap record", gap.Records)
+	}
+	if d := gap.Records[0].Detail; d != "2 records dropped: record buffer full (limit 3)" {
+		t.Errorf("detail %q", d)
+	}
+}
+
+func TestRecorderFlushWaitsForAcks(t *testing.T) {
+	r := newTestRecorder(100)
+	r.add(sent("a"))
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		b, _ := r.next(t.Context())
+		time.Sleep(20 * time.Millisecond)
+		r.ack(b.BatchSeq)
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	r.flush(ctx)
+	if ctx.Err() != nil || r.held() != 0 {
+		t.Fatalf("flush returned with %d held, ctx %v", r.held(), ctx.Err())
+	}
+	wg.Wait()
+}
