@@ -76,7 +76,7 @@ func (p *pool) dialTLS(ctx context.Context, network, addr string) (net.Conn, err
 	}
 	cfg := identity.MeshClientTLS(p.agent.source, p.agent.td)
 	cfg.NextProtos = []string{"h2"}
-	tc := tls.Client(raw, cfg)
+	tc := tls.Client(newCoalescingConn(raw), cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("mTLS handshake with %s: %w", addr, err)
