@@ -27,3 +27,13 @@ func ForceWriter(ctx context.Context, l *Log) error {
 	l.writer, l.stale = true, true
 	return nil
 }
+
+// WriterPID is the PostgreSQL backend process of l's writer session, or 0.
+func WriterPID(l *Log) uint32 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if pg, ok := l.b.(*pgStore); ok && pg.w != nil {
+		return pg.w.PgConn().PID()
+	}
+	return 0
+}

@@ -484,3 +484,29 @@ func FuzzParseCheckpoint(f *testing.F) {
 		}
 	})
 }
+
+// FuzzOpenCheckpoint: whatever the input, OpenCheckpoint fails or returns
+// the checkpoint whose body the note signs.
+func FuzzOpenCheckpoint(f *testing.F) {
+	raw, err := os.ReadFile(filepath.Join("testdata", "checkpoint.json"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	var v checkpointVectors
+	if err := json.Unmarshal(raw, &v); err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(v.Derived.Signed))
+	f.Add([]byte(v.SumDB.Signed))
+	f.Add([]byte(v.C2SP.Signed))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ledger.OpenCheckpoint(b, v.Derived.Verifier)
+		if err != nil {
+			return
+		}
+		body, _, _ := strings.Cut(string(b), "\n\n")
+		if c.String() != body+"\n" || c.Origin != v.Derived.Origin {
+			t.Fatalf("opened %+v from %q", c, b)
+		}
+	})
+}

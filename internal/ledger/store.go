@@ -447,86 +447,102 @@ func (s *sqliteStore) acquire(ctx context.Context) (bool, error) {
 // each, far under SQLite's 32766).
 const insertChunk = 256
 
-func (s *sqliteStore) stmt(ctx context.Context, tx *sql.Tx, cache map[int]*sql.Stmt, table string, n int) (*sql.Stmt, error) {
-	st, ok := cache[n]
-	if !ok {
-		var b strings.Builder
-		switch table {
-		case "entries":
-			b.WriteString("INSERT INTO entries (idx, data, leaf_hash) VALUES ")
-		case "nodes":
-			b.WriteString("INSERT INTO nodes (level, idx, hash) VALUES ")
-		}
-		for i := range n {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			fmt.Fprintf(&b, "($%d,$%d,$%d)", 3*i+1, 3*i+2, 3*i+3)
-		}
-		var err error
-		if st, err = s.w.PrepareContext(ctx, b.String()); err != nil {
-			return nil, err
-		}
-		cache[n] = st
+// stmt returns the prepared multi-row INSERT of n rows into table. It
+// uses "?" parameters: SQLite looks numbered ones ($n) up by name, which
+// costs O(n) per parameter.
+func (s *sqliteStore) stmt(ctx context.Context, cache map[int]*sql.Stmt, table string, n int) (*sql.Stmt, error) {
+	if st, ok := cache[n]; ok {
+		return st, nil
 	}
-	return tx.StmtContext(ctx, st), nil
+	var b strings.Builder
+	switch table {
+	case "entries":
+		b.WriteString("INSERT INTO entries (idx, data, leaf_hash) VALUES ")
+	case "nodes":
+		b.WriteString("INSERT INTO nodes (level, idx, hash) VALUES ")
+	}
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?)")
+	}
+	st, err := s.w.PrepareContext(ctx, b.String())
+	if err != nil {
+		return nil, err
+	}
+	cache[n] = st
+	return st, nil
+}
+
+// inTx runs fn in a write transaction on the writer connection. It issues
+// BEGIN IMMEDIATE and COMMIT itself rather than using sql.Tx: database/sql
+// re-prepares a connection's statements in every sql.Tx, and the cached
+// multi-row INSERTs are what make appends fast.
+func (s *sqliteStore) inTx(ctx context.Context, fn func() error) error {
+	if _, err := s.w.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return fmt.Errorf("beginning transaction: %w", err)
+	}
+	if err := fn(); err != nil {
+		s.w.ExecContext(context.Background(), "ROLLBACK")
+		return err
+	}
+	if _, err := s.w.ExecContext(ctx, "COMMIT"); err != nil {
+		s.w.ExecContext(context.Background(), "ROLLBACK") // if COMMIT left it open
+		return fmt.Errorf("committing: %w", err)
+	}
+	return nil
 }
 
 func (s *sqliteStore) commit(ctx context.Context, w *writeSet) error {
-	tx, err := s.w.BeginTx(ctx, nil) // BEGIN IMMEDIATE
-	if err != nil {
-		return fmt.Errorf("beginning append: %w", err)
-	}
-	defer tx.Rollback()
-	if err := checkSize(tx.QueryRowContext(ctx, `SELECT size FROM tree WHERE id = 1`), w.oldSize); err != nil {
-		return err
-	}
-	args := make([]any, 0, 3*insertChunk)
-	for i := 0; i < len(w.data); i += insertChunk {
-		n := min(insertChunk, len(w.data)-i)
-		st, err := s.stmt(ctx, tx, s.insEntries, "entries", n)
-		if err != nil {
-			return fmt.Errorf("inserting entries: %w", err)
+	return s.inTx(ctx, func() error {
+		if err := checkSize(s.w.QueryRowContext(ctx, `SELECT size FROM tree WHERE id = 1`), w.oldSize); err != nil {
+			return err
 		}
-		args = args[:0]
-		for j := i; j < i+n; j++ {
-			args = append(args, int64(w.start)+int64(j), w.data[j], w.leafHash[j][:])
+		args := make([]any, 0, 3*insertChunk)
+		for i := 0; i < len(w.data); i += insertChunk {
+			n := min(insertChunk, len(w.data)-i)
+			st, err := s.stmt(ctx, s.insEntries, "entries", n)
+			if err != nil {
+				return fmt.Errorf("inserting entries: %w", err)
+			}
+			args = args[:0]
+			for j := i; j < i+n; j++ {
+				args = append(args, int64(w.start)+int64(j), w.data[j], w.leafHash[j][:])
+			}
+			if _, err := st.ExecContext(ctx, args...); err != nil {
+				return fmt.Errorf("inserting entries: %w", err)
+			}
 		}
-		if _, err := st.ExecContext(ctx, args...); err != nil {
-			return fmt.Errorf("inserting entries: %w", err)
+		for i := 0; i < len(w.nodes); i += insertChunk {
+			n := min(insertChunk, len(w.nodes)-i)
+			st, err := s.stmt(ctx, s.insNodes, "nodes", n)
+			if err != nil {
+				return fmt.Errorf("inserting nodes: %w", err)
+			}
+			args = args[:0]
+			for _, nd := range w.nodes[i : i+n] {
+				args = append(args, int64(nd.Level), int64(nd.Index), nd.Hash)
+			}
+			if _, err := st.ExecContext(ctx, args...); err != nil {
+				return fmt.Errorf("inserting nodes: %w", err)
+			}
 		}
-	}
-	for i := 0; i < len(w.nodes); i += insertChunk {
-		n := min(insertChunk, len(w.nodes)-i)
-		st, err := s.stmt(ctx, tx, s.insNodes, "nodes", n)
-		if err != nil {
-			return fmt.Errorf("inserting nodes: %w", err)
+		for _, b := range w.batches {
+			sig := &b.Signature
+			if _, err := s.w.ExecContext(ctx, `INSERT INTO batches (start_idx, end_idx, instance_id, batch_seq, signed_at, root, chain, signature)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, int64(b.Start), int64(b.End), sig.InstanceID, int64(sig.BatchSeq),
+				sig.SignedAt.UnixNano(), sig.Root[:], joinChain(sig.Chain), sig.Signature); err != nil {
+				return fmt.Errorf("inserting batch signature [%d,%d): %w", b.Start, b.End, err)
+			}
 		}
-		args = args[:0]
-		for _, nd := range w.nodes[i : i+n] {
-			args = append(args, int64(nd.Level), int64(nd.Index), nd.Hash)
+		if _, err := s.w.ExecContext(ctx, `INSERT INTO tree (id, size, root, range) VALUES (1, $1, $2, $3)
+			ON CONFLICT (id) DO UPDATE SET size = excluded.size, root = excluded.root, range = excluded.range`,
+			int64(w.newSize), w.root[:], rangeBlob(w.rng)); err != nil {
+			return fmt.Errorf("updating tree state: %w", err)
 		}
-		if _, err := st.ExecContext(ctx, args...); err != nil {
-			return fmt.Errorf("inserting nodes: %w", err)
-		}
-	}
-	for _, b := range w.batches {
-		sig := &b.Signature
-		if _, err := tx.ExecContext(ctx, `INSERT INTO batches (start_idx, end_idx, instance_id, batch_seq, signed_at, root, chain, signature)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, int64(b.Start), int64(b.End), sig.InstanceID, int64(sig.BatchSeq),
-			sig.SignedAt.UnixNano(), sig.Root[:], joinChain(sig.Chain), sig.Signature); err != nil {
-			return fmt.Errorf("inserting batch signature [%d,%d): %w", b.Start, b.End, err)
-		}
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO tree (id, size, root, range) VALUES (1, $1, $2, $3)
-		ON CONFLICT (id) DO UPDATE SET size = excluded.size, root = excluded.root, range = excluded.range`,
-		int64(w.newSize), w.root[:], rangeBlob(w.rng)); err != nil {
-		return fmt.Errorf("updating tree state: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("committing append: %w", err)
-	}
-	return nil
+		return nil
+	})
 }
 
 // checkSize compares the stored tree size (no row: 0) with want.
@@ -546,22 +562,16 @@ func checkSize(row *sql.Row, want uint64) error {
 }
 
 func (s *sqliteStore) addCheckpoint(ctx context.Context, size uint64, signed []byte, now time.Time) error {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("storing checkpoint: %w", err)
-	}
-	defer tx.Rollback()
-	if err := checkSize(tx.QueryRowContext(ctx, `SELECT size FROM tree WHERE id = 1`), size); err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoints (seq, size, note, created_at)
-		SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3 FROM checkpoints`, int64(size), signed, now.UnixNano()); err != nil {
-		return fmt.Errorf("storing checkpoint: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("storing checkpoint: %w", err)
-	}
-	return nil
+	return s.inTx(ctx, func() error {
+		if err := checkSize(s.w.QueryRowContext(ctx, `SELECT size FROM tree WHERE id = 1`), size); err != nil {
+			return err
+		}
+		if _, err := s.w.ExecContext(ctx, `INSERT INTO checkpoints (seq, size, note, created_at)
+			SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3 FROM checkpoints`, int64(size), signed, now.UnixNano()); err != nil {
+			return fmt.Errorf("storing checkpoint: %w", err)
+		}
+		return nil
+	})
 }
 
 // signerKey keeps the key in DIR/ledger.key (0600), apart from the
@@ -653,7 +663,11 @@ func openPostgres(ctx context.Context, url string) (*pgStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing PostgreSQL URL: %w", err)
 	}
-	s := &pgStore{cfg: cfg, db: stdlib.OpenDB(*cfg)}
+	s := &pgStore{cfg: cfg.Copy(), db: stdlib.OpenDB(*cfg)}
+	if s.cfg.RuntimeParams["application_name"] == "" {
+		// The writer's session is easy to find in pg_stat_activity.
+		s.cfg.RuntimeParams["application_name"] = "tally-ledger-writer"
+	}
 	s.db.SetMaxOpenConns(4)
 	if err := s.migrate(ctx); err != nil {
 		s.db.Close()
@@ -743,6 +757,19 @@ func (s *pgStore) commit(ctx context.Context, w *writeSet) error {
 	if err != nil {
 		return err
 	}
+	return sessionLost(c, s.commitTx(ctx, c, w))
+}
+
+// sessionLost marks an error that closed the writer's connection: the
+// session, and with it the advisory lock, is gone.
+func sessionLost(c *pgx.Conn, err error) error {
+	if err != nil && c.IsClosed() && !errors.Is(err, ErrNotWriter) {
+		return fmt.Errorf("%w: writer session lost: %w", ErrNotWriter, err)
+	}
+	return err
+}
+
+func (s *pgStore) commitTx(ctx context.Context, c *pgx.Conn, w *writeSet) error {
 	tx, err := c.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("beginning append: %w", err)
@@ -796,6 +823,10 @@ func (s *pgStore) addCheckpoint(ctx context.Context, size uint64, signed []byte,
 	if err != nil {
 		return err
 	}
+	return sessionLost(c, s.addCheckpointTx(ctx, c, size, signed, now))
+}
+
+func (s *pgStore) addCheckpointTx(ctx context.Context, c *pgx.Conn, size uint64, signed []byte, now time.Time) error {
 	tx, err := c.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("storing checkpoint: %w", err)

@@ -5,11 +5,13 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for tampering
@@ -492,7 +494,7 @@ func rawDB(t *testing.T, cfg ledger.Config) *sql.DB {
 	return db
 }
 
-func exec(t *testing.T, db *sql.DB, q string, args ...any) {
+func execSQL(t *testing.T, db *sql.DB, q string, args ...any) {
 	t.Helper()
 	res, err := db.ExecContext(context.Background(), q, args...)
 	if err != nil {
@@ -520,7 +522,7 @@ func flip(t *testing.T, db *sql.DB, table, column, where string, at int, args ..
 		at += len(b)
 	}
 	b[at] ^= 0x01
-	exec(t, db, "UPDATE "+table+" SET "+column+" = $1 WHERE "+shift(where), append([]any{b}, args...)...)
+	execSQL(t, db, "UPDATE "+table+" SET "+column+" = $1 WHERE "+shift(where), append([]any{b}, args...)...)
 }
 
 // shift renumbers $1.. in where to $2..
@@ -538,9 +540,9 @@ func shift(where string) string {
 
 func swapRows(t *testing.T, db *sql.DB, i, j int) {
 	t.Helper()
-	exec(t, db, "UPDATE entries SET idx = -1 WHERE idx = $1", i)
-	exec(t, db, "UPDATE entries SET idx = $1 WHERE idx = $2", i, j)
-	exec(t, db, "UPDATE entries SET idx = $1 WHERE idx = -1", j)
+	execSQL(t, db, "UPDATE entries SET idx = -1 WHERE idx = $1", i)
+	execSQL(t, db, "UPDATE entries SET idx = $1 WHERE idx = $2", i, j)
+	execSQL(t, db, "UPDATE entries SET idx = $1 WHERE idx = -1", j)
 }
 
 // buildTamperLedger makes a 301-entry ledger: six signed batches of 50,
@@ -578,7 +580,7 @@ func TestTamper(t *testing.T) {
 			e.ResponseBytes++
 			b, _ := e.Encode()
 			lh := ledger.LeafHash(b)
-			exec(t, db, "UPDATE entries SET data = $1, leaf_hash = $2 WHERE idx = 123", b, lh[:])
+			execSQL(t, db, "UPDATE entries SET data = $1, leaf_hash = $2 WHERE idx = 123", b, lh[:])
 		}
 		tests := []struct {
 			name   string
@@ -594,12 +596,12 @@ func TestTamper(t *testing.T) {
 			{name: "entry truncated", index: 123, msg: "entry 123: leaf hash does not match its data",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
 					b := readBlob(t, db, "SELECT data FROM entries WHERE idx = 123")
-					exec(t, db, "UPDATE entries SET data = $1 WHERE idx = 123", b[:len(b)-1])
+					execSQL(t, db, "UPDATE entries SET data = $1 WHERE idx = 123", b[:len(b)-1])
 				}},
 			{name: "entry garbage prefix", index: 123, msg: "entry 123: leaf hash does not match its data",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
 					b := readBlob(t, db, "SELECT data FROM entries WHERE idx = 123")
-					exec(t, db, "UPDATE entries SET data = $1 WHERE idx = 123", append([]byte("x"), b...))
+					execSQL(t, db, "UPDATE entries SET data = $1 WHERE idx = 123", append([]byte("x"), b...))
 				}},
 			{name: "leaf hash byte", index: 123, msg: "entry 123: leaf hash does not match its data",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
@@ -608,11 +610,11 @@ func TestTamper(t *testing.T) {
 			{name: "entry rewritten with its leaf hash", index: 122, msg: "entries 122 and 123: their pair's hash differs from the stored tree (node 1/61): an entry or the node was rewritten",
 				tamper: rewrite},
 			{name: "row deleted", index: 77, msg: "entry 77 missing (rows jump from 76 to 78)",
-				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) { exec(t, db, "DELETE FROM entries WHERE idx = 77") }},
+				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) { execSQL(t, db, "DELETE FROM entries WHERE idx = 77") }},
 			{name: "first row deleted", index: 0, msg: "entry 0 missing (rows start at 1)",
-				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) { exec(t, db, "DELETE FROM entries WHERE idx = 0") }},
+				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) { execSQL(t, db, "DELETE FROM entries WHERE idx = 0") }},
 			{name: "last row deleted", index: 300, msg: "entry 300 missing (rows end at 299, the tree has size 301)",
-				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) { exec(t, db, "DELETE FROM entries WHERE idx = 300") }},
+				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) { execSQL(t, db, "DELETE FROM entries WHERE idx = 300") }},
 			{name: "rows swapped", index: 10, msg: "entries 10 and 11 out of order",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) { swapRows(t, db, 10, 11) }},
 			{name: "rows swapped apart", index: 10, msg: "entries 10 and 13 out of order",
@@ -624,7 +626,7 @@ func TestTamper(t *testing.T) {
 					e := ledgertest.Entry(301)
 					b, _ := e.Encode()
 					lh := ledger.LeafHash(b)
-					exec(t, db, "INSERT INTO entries (idx, data, leaf_hash) VALUES (301, $1, $2)", b, lh[:])
+					execSQL(t, db, "INSERT INTO entries (idx, data, leaf_hash) VALUES (301, $1, $2)", b, lh[:])
 				}},
 			{name: "batch signature byte", index: 100, msg: "batch [100,150): signature does not verify: ECDSA signature is invalid",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
@@ -640,7 +642,7 @@ func TestTamper(t *testing.T) {
 				}},
 			{name: "batch moved", index: 101, msg: "batch [101,151): signature does not cover its entries",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
-					exec(t, db, "UPDATE batches SET start_idx = 101, end_idx = 151 WHERE start_idx = 100")
+					execSQL(t, db, "UPDATE batches SET start_idx = 101, end_idx = 151 WHERE start_idx = 100")
 				}},
 			{name: "checkpoint byte", index: 150, msg: "checkpoint at size 150: signature does not verify",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
@@ -649,10 +651,12 @@ func TestTamper(t *testing.T) {
 			{name: "checkpoint root line", index: 150, msg: "checkpoint at size 150: signature does not verify",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) { flip(t, db, "checkpoints", "note", "seq = $1", 30, 4) }},
 			{name: "checkpoint deleted", index: 100, msg: "checkpoint 4 missing (sequence jumps from 3 to 5)",
-				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) { exec(t, db, "DELETE FROM checkpoints WHERE seq = 4") }},
+				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
+					execSQL(t, db, "DELETE FROM checkpoints WHERE seq = 4")
+				}},
 			{name: "checkpoint size", index: 149, msg: "checkpoint at size 149: it signs size 150",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
-					exec(t, db, "UPDATE checkpoints SET size = 149 WHERE seq = 4")
+					execSQL(t, db, "UPDATE checkpoints SET size = 149 WHERE seq = 4")
 				}},
 			{name: "checkpoint of another tree, validly signed", index: 150, msg: "checkpoint at size 150: root differs from the log",
 				tamper: func(t *testing.T, db *sql.DB, c ledger.Config) {
@@ -665,7 +669,7 @@ func TestTamper(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					exec(t, db, "UPDATE checkpoints SET note = $1 WHERE seq = 4", forged)
+					execSQL(t, db, "UPDATE checkpoints SET note = $1 WHERE seq = 4", forged)
 				}},
 			{name: "level 1 node", index: 40, msg: "entries 40 and 41: their pair's hash differs from the stored tree (node 1/20): an entry or the node was rewritten",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
@@ -677,7 +681,7 @@ func TestTamper(t *testing.T) {
 				}},
 			{name: "node deleted", index: 20, msg: "entries [20,24): node 2/5 missing from the stored tree",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
-					exec(t, db, "DELETE FROM nodes WHERE level = 2 AND idx = 5")
+					execSQL(t, db, "DELETE FROM nodes WHERE level = 2 AND idx = 5")
 				}},
 			{name: "tree root", index: 0, msg: "tree state: root differs from the log",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) { flip(t, db, "tree", "root", "id = $1", 0, 1) }},
@@ -789,6 +793,122 @@ func TestVerifySourceOnly(t *testing.T) {
 		_, err = ledger.Verify(ctx, sourceOnly{s: snap, latest: true}, ledger.VerifyOptions{VerifierKey: l.VerifierKey()})
 		if err == nil || err.Error() != "entry 299: leaf hash does not match its data" {
 			t.Errorf("tampered: got %v", err)
+		}
+	})
+}
+
+// TestWriterSessionKilled: the server ends the writer's session (as when
+// its host dies and TCP keepalive gives up): its lock goes with it, another
+// instance takes over, and the old writer can append nothing more.
+func TestWriterSessionKilled(t *testing.T) {
+	cfg := ledger.Config{Store: ledgertest.Postgres(t), Origin: ledgertest.Origin}
+	ctx := t.Context()
+	a := ledgertest.Open(t, cfg)
+	all := ledgertest.Entries(0, 20)
+	appendOK(t, a, ledger.Batch{Entries: all[:10]})
+	b := open(t, cfg)
+	if err := b.AcquireWriter(ctx); !errors.Is(err, ledger.ErrNotWriter) {
+		t.Fatalf("second writer: got %v", err)
+	}
+	var ok bool
+	if err := rawDB(t, cfg).QueryRowContext(ctx, "SELECT pg_terminate_backend($1)", int64(ledger.WriterPID(a))).Scan(&ok); err != nil || !ok {
+		t.Fatalf("terminating the writer's session: %v %v", ok, err)
+	}
+	// The lock is released once the backend has exited; poll for it.
+	for {
+		err := b.AcquireWriter(ctx)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ledger.ErrNotWriter) {
+			t.Fatal(err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the lock was never released")
+		default:
+		}
+	}
+	appendOK(t, b, ledger.Batch{Entries: all[10:]})
+	if _, err := a.Append(ctx, ledger.Batch{Entries: all[:1]}); !errors.Is(err, ledger.ErrNotWriter) {
+		t.Errorf("old writer: got %v, want ErrNotWriter", err)
+	}
+	if _, err := a.Checkpoint(ctx); !errors.Is(err, ledger.ErrNotWriter) {
+		t.Errorf("old writer checkpoint: got %v, want ErrNotWriter", err)
+	}
+	if rep, err := b.Verify(ctx, ledger.VerifyOptions{}); err != nil || rep.Root != ledger.BatchRoot(ledgertest.Leaves(t, all)) {
+		t.Errorf("Verify: %+v, %v", rep, err)
+	}
+}
+
+// TestConcurrent appends from several goroutines while others read
+// entries, proofs and checkpoints (run it with -race).
+func TestConcurrent(t *testing.T) {
+	ledgertest.ForEachStore(t, func(t *testing.T, cfg ledger.Config) {
+		ctx := t.Context()
+		l := ledgertest.Open(t, cfg)
+		const writers, batches, per = 4, 10, 25
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for w := range writers {
+			wg.Go(func() {
+				for i := range batches {
+					if _, err := l.Append(ctx, ledger.Batch{Entries: ledgertest.Entries((w*batches+i)*per, per)}); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		stop := make(chan struct{})
+		var readers sync.WaitGroup
+		for range 2 {
+			readers.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					size, root, err := l.Head(ctx)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if size == 0 {
+						continue
+					}
+					p, err := l.InclusionProof(ctx, size/2, size)
+					if err != nil {
+						errs <- err
+						return
+					}
+					es, err := l.Entries(ctx, size/2, size/2+1)
+					if err != nil || len(es) != 1 {
+						errs <- fmt.Errorf("entries: %d, %v", len(es), err)
+						return
+					}
+					if err := proof.VerifyInclusion(rfc6962.DefaultHasher, size/2, size, es[0].LeafHash, p, root[:]); err != nil {
+						errs <- fmt.Errorf("inclusion %d in %d: %w", size/2, size, err)
+						return
+					}
+					if _, err := l.Checkpoint(ctx); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(stop)
+		readers.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		rep, err := l.Verify(ctx, ledger.VerifyOptions{})
+		if err != nil || rep.Size != writers*batches*per {
+			t.Errorf("Verify: %+v, %v", rep, err)
 		}
 	})
 }
