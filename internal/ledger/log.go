@@ -70,8 +70,10 @@ type Batch struct {
 // StoredEntry is a leaf as stored: its index, its bytes and its RFC 6962
 // leaf hash.
 type StoredEntry struct {
-	Index    uint64
-	Data     []byte
+	Index uint64
+	Data  []byte
+	// LeafHash is the stored leaf hash. A Source without one leaves it
+	// nil, and Verify only recomputes it.
 	LeafHash []byte
 }
 
@@ -147,7 +149,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	case cfg.Store == "" || cfg.Store == "sqlite":
 		b, err = openSQLite(ctx, cfg.Dir, cfg.ReadOnly)
 	case isPostgresURL(cfg.Store):
-		b, err = openPostgres(ctx, cfg.Store)
+		b, err = openPostgres(ctx, cfg.Store, cfg.ReadOnly)
 	default:
 		return nil, fmt.Errorf("opening ledger: unknown store %q (want sqlite or a postgres:// URL)", cfg.Store)
 	}

@@ -658,7 +658,7 @@ type pgStore struct {
 	lockKey int64
 }
 
-func openPostgres(ctx context.Context, url string) (*pgStore, error) {
+func openPostgres(ctx context.Context, url string, readOnly bool) (*pgStore, error) {
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parsing PostgreSQL URL: %w", err)
@@ -669,9 +669,11 @@ func openPostgres(ctx context.Context, url string) (*pgStore, error) {
 		s.cfg.RuntimeParams["application_name"] = "tally-ledger-writer"
 	}
 	s.db.SetMaxOpenConns(4)
-	if err := s.migrate(ctx); err != nil {
-		s.db.Close()
-		return nil, err
+	if !readOnly {
+		if err := s.migrate(ctx); err != nil {
+			s.db.Close()
+			return nil, err
+		}
 	}
 	var schemaName string
 	if err := s.db.QueryRowContext(ctx, `SELECT current_schema()`).Scan(&schemaName); err != nil {

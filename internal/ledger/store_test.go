@@ -654,6 +654,10 @@ func TestTamper(t *testing.T) {
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
 					execSQL(t, db, "DELETE FROM checkpoints WHERE seq = 4")
 				}},
+			{name: "first checkpoint deleted", index: 0, msg: "checkpoint 1 missing (the first stored is 2)",
+				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
+					execSQL(t, db, "DELETE FROM checkpoints WHERE seq = 1")
+				}},
 			{name: "checkpoint size", index: 149, msg: "checkpoint at size 149: it signs size 150",
 				tamper: func(t *testing.T, db *sql.DB, _ ledger.Config) {
 					execSQL(t, db, "UPDATE checkpoints SET size = 149 WHERE seq = 4")
@@ -740,12 +744,20 @@ func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 // sourceOnly hides a Snapshot's tree, as a REST client would see the log:
 // entries and the latest checkpoint only.
 type sourceOnly struct {
-	s      *ledger.Snapshot
-	latest bool
+	s       *ledger.Snapshot
+	latest  bool
+	reorder bool // serve entries 10 and 11 the other way round
 }
 
 func (s sourceOnly) ReadEntries(ctx context.Context, start uint64, limit int) ([]ledger.StoredEntry, error) {
-	return s.s.ReadEntries(ctx, start, limit)
+	es, err := s.s.ReadEntries(ctx, start, limit)
+	for i := range es {
+		if s.reorder && es[i].Index == 10 && i+1 < len(es) {
+			es[i], es[i+1] = es[i+1], es[i]
+			break
+		}
+	}
+	return es, err
 }
 
 func (s sourceOnly) ReadCheckpoints(ctx context.Context, from uint64, limit int) ([]ledger.StoredCheckpoint, error) {
@@ -783,6 +795,10 @@ func TestVerifySourceOnly(t *testing.T) {
 		}
 		if rep.Size != 301 || rep.Checkpoints != 1 || rep.TreeChecked || rep.ChainsChecked {
 			t.Errorf("report: %+v", rep)
+		}
+		_, err = ledger.Verify(ctx, sourceOnly{s: snap, latest: true, reorder: true}, ledger.VerifyOptions{VerifierKey: l.VerifierKey()})
+		if err == nil || err.Error() != "entries 10 and 11 out of order" {
+			t.Errorf("served out of order: got %v", err)
 		}
 		snap.Close()
 		flip(t, rawDB(t, cfg), "entries", "data", "idx = $1", 9, 299)

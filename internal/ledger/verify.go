@@ -19,8 +19,9 @@ type Source interface {
 	// increasing index order, at most limit.
 	ReadEntries(ctx context.Context, start uint64, limit int) ([]StoredEntry, error)
 	// ReadCheckpoints returns published checkpoints with Seq >= from in
-	// increasing Seq order (publication order, from 1), at most limit. A
-	// source that only knows the latest checkpoint returns it alone.
+	// increasing Seq order (publication order, from 1, without gaps), at
+	// most limit. A source that only knows the latest checkpoint returns it
+	// alone (with any Seq).
 	ReadCheckpoints(ctx context.Context, from uint64, limit int) ([]StoredCheckpoint, error)
 	// ReadBatches returns batch signatures with Start >= start in
 	// increasing Start order, at most limit.
@@ -188,14 +189,15 @@ func (v *verifier) run(ctx context.Context) (Report, error) {
 			break
 		}
 		for i := range page {
-			if err := v.entry(ctx, &page[i]); err != nil {
+			e := &page[i]
+			if e.Index > v.size && i+1 < len(page) && page[i+1].Index == v.size {
+				return v.rep, tampered(v.size, "entries %d and %d out of order", v.size, e.Index)
+			}
+			if err := v.entry(ctx, e); err != nil {
 				return v.rep, err
 			}
 		}
 		next = page[len(page)-1].Index + 1
-		if page[len(page)-1].Index < v.size-1 {
-			next = v.size // out of order: already reported, but never loop
-		}
 	}
 	if v.pending != nil {
 		return v.rep, v.pending
@@ -298,7 +300,6 @@ func (v *verifier) checkpointsAt(ctx context.Context) error {
 		if err := v.checkpoint(c); err != nil {
 			return err
 		}
-		v.cpPrev = c
 		cp := *c
 		v.cpPrev = &cp
 		v.cps = v.cps[1:]
@@ -306,10 +307,12 @@ func (v *verifier) checkpointsAt(ctx context.Context) error {
 }
 
 func (v *verifier) checkpoint(c *StoredCheckpoint) error {
-	if p := v.cpPrev; p != nil {
-		if c.Seq != p.Seq+1 {
-			return tampered(p.Size, "checkpoint %d missing (sequence jumps from %d to %d)", p.Seq+1, p.Seq, c.Seq)
-		}
+	switch p := v.cpPrev; {
+	case p != nil && c.Seq != p.Seq+1:
+		return tampered(p.Size, "checkpoint %d missing (sequence jumps from %d to %d)", p.Seq+1, p.Seq, c.Seq)
+	case p == nil && v.tree != nil && c.Seq != 1:
+		// A store keeps every checkpoint from the first.
+		return tampered(0, "checkpoint 1 missing (the first stored is %d)", c.Seq)
 	}
 	if c.Size < v.size {
 		prev := uint64(0)
