@@ -3,6 +3,8 @@ package cli
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -15,10 +17,11 @@ func init() { commands = append(commands, newProxyCmd) }
 
 func newProxyCmd() *cobra.Command {
 	var (
-		cfg       proxy.Config
-		tokenFile string
-		upstreams []string
-		holdBytes string
+		cfg         proxy.Config
+		tokenFile   string
+		upstreams   []string
+		holdBytes   string
+		concurrency int
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy --join-token-file FILE --service NAME [flags]",
@@ -49,6 +52,16 @@ func newProxyCmd() *cobra.Command {
 			if cfg.HoldBytes == 0 {
 				cfg.HoldBytes = -1 // hold nothing: every body streams
 			}
+			// A sidecar is a guest beside its workload: by default it runs
+			// on one core (like Envoy's --concurrency), where it also
+			// spends the least CPU per message, and collects garbage less
+			// often than Go's default (its live heap is small).
+			if concurrency > 0 {
+				runtime.GOMAXPROCS(concurrency)
+			}
+			if os.Getenv("GOGC") == "" {
+				debug.SetGCPercent(400)
+			}
 			cfg.Logger = newLogger(cmd)
 			p, err := proxy.New(cfg)
 			if err != nil {
@@ -72,6 +85,7 @@ func newProxyCmd() *cobra.Command {
 	f.IntVar(&cfg.RecordBuffer, "record-buffer", 200_000, "records held until the control plane acknowledges them")
 	f.StringVar(&cfg.AppProtocol, "app-protocol", "auto", "how inbound requests reach the app: auto (h2c for gRPC), http1 or h2c")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "bound on draining in-flight messages at SIGTERM (default 10s)")
+	f.IntVar(&concurrency, "concurrency", 1, "cores the sidecar uses (GOMAXPROCS); 0: all")
 	cmd.MarkFlagRequired("join-token-file")
 	cmd.MarkFlagRequired("service")
 	return cmd

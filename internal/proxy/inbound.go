@@ -20,6 +20,7 @@ import (
 
 	tallyv1 "github.com/tally-mesh/tally/api/tally/v1"
 	"github.com/tally-mesh/tally/internal/identity"
+	"github.com/tally-mesh/tally/internal/mux"
 	"github.com/tally-mesh/tally/internal/receipt"
 	"github.com/tally-mesh/tally/internal/wire"
 	"github.com/tally-mesh/tally/internal/wire/digest"
@@ -119,21 +120,11 @@ type connInfo struct {
 	keyErr  error
 }
 
-func (p *Proxy) inboundServer() *http.Server {
-	protos := new(http.Protocols)
-	protos.SetHTTP2(true)
-	return &http.Server{
-		Handler:           http.HandlerFunc(p.serveInbound),
-		Protocols:         protos,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		MaxHeaderBytes:    p.cfg.MaxHeaderBytes + 4096,
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams:          1000,
-			MaxReceiveBufferPerConnection: 4 << 20,
-			MaxReceiveBufferPerStream:     1 << 20,
-		},
-		ErrorLog: slogErrorLog(p.log, "inbound"),
+func (p *Proxy) inboundServer() *mux.Server {
+	return &mux.Server{
+		Handler:              http.HandlerFunc(p.serveMessage),
+		MaxConcurrentStreams: 1000,
+		MaxHeaderBytes:       p.cfg.MaxHeaderBytes + 4096,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			tc, ok := c.(*tls.Conn)
 			if !ok {
@@ -146,13 +137,29 @@ func (p *Proxy) inboundServer() *http.Server {
 			ci.key, ci.keyErr = receipt.Key(&cs)
 			return context.WithValue(ctx, connInfoKey{}, ci)
 		},
+		OnError: func(c net.Conn, err error) {
+			p.log.Debug("inbound connection ended", "peer", c.RemoteAddr().String(), "err", err)
+		},
 	}
 }
 
-// serveInbound receives one message from another sidecar, checks it while
+// serveInbound serves the handshaken connections of ln until it closes.
+func (p *Proxy) serveInbound(ctx context.Context, srv *mux.Server, ln net.Listener) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		wg.Go(func() { srv.ServeConn(ctx, c) })
+	}
+}
+
+// serveMessage receives one message from another sidecar, checks it while
 // delivering it to the app, and answers with the app's response followed by
 // the digests and the receipt.
-func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
+func (p *Proxy) serveMessage(w http.ResponseWriter, r *http.Request) {
 	ci, _ := r.Context().Value(connInfoKey{}).(*connInfo)
 	if ci == nil || ci.service == "" || ci.keyErr != nil {
 		p.met.badInput.WithLabelValues("peer_identity").Inc()

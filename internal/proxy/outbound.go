@@ -13,6 +13,7 @@ import (
 
 	tallyv1 "github.com/tally-mesh/tally/api/tally/v1"
 	"github.com/tally-mesh/tally/internal/identity"
+	"github.com/tally-mesh/tally/internal/mux"
 	"github.com/tally-mesh/tally/internal/receipt"
 	"github.com/tally-mesh/tally/internal/wire"
 	"github.com/tally-mesh/tally/internal/wire/digest"
@@ -156,8 +157,20 @@ func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 
 	p.markSent(c)
 	resp, err := pc.cc.RoundTrip(out)
-	if err != nil {
+	if errors.Is(err, mux.ErrGoAway) {
+		// The peer is draining and took no new stream: nothing left this
+		// sidecar, so another connection (or endpoint) may carry it.
 		p.pool.dropIfBroken(pc)
+		e.retries.Inc()
+		if pc, err = p.connect(r.Context(), e); err == nil {
+			c.pc = pc
+			resp, err = pc.cc.RoundTrip(out)
+		}
+	}
+	if err != nil {
+		if c.pc != nil {
+			p.pool.dropIfBroken(c.pc)
+		}
 		kind, detail := "unconfirmed", "request failed before any response: "+err.Error()
 		p.failCaller(w, r, c, omitted(kind, detail), false)
 		return

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -15,12 +14,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tally-mesh/tally/internal/identity"
+	"github.com/tally-mesh/tally/internal/mux"
 	"github.com/tally-mesh/tally/internal/receipt"
 )
 
 // peerConn is one mTLS HTTP/2 connection to another sidecar.
 type peerConn struct {
-	cc   *http.ClientConn
+	cc   *mux.ClientConn
 	addr string
 	peer spiffeid.ID // who answered the handshake
 	key  []byte      // receipt key exported from this TLS session
@@ -30,7 +30,6 @@ type peerConn struct {
 // concurrent use.
 type pool struct {
 	agent *agent
-	tr    *http.Transport
 
 	mu      sync.Mutex // guards following
 	conns   map[string]*peerConn
@@ -43,34 +42,15 @@ type dialCall struct {
 	err  error
 }
 
-type dialInfoKey struct{}
-
-// dialInfo carries the TLS state of a connection out of DialTLSContext.
-type dialInfo struct{ state tls.ConnectionState }
-
 func newPool(a *agent) *pool {
-	p := &pool{agent: a, conns: map[string]*peerConn{}, dialing: map[string]*dialCall{}}
-	protos := new(http.Protocols)
-	protos.SetHTTP2(true)
-	p.tr = &http.Transport{
-		Protocols:              protos,
-		DialTLSContext:         p.dialTLS,
-		ForceAttemptHTTP2:      true,
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: int64(a.cfg.MaxHeaderBytes),
-		HTTP2: &http.HTTP2Config{
-			MaxReceiveBufferPerConnection: 4 << 20,
-			MaxReceiveBufferPerStream:     1 << 20,
-			SendPingTimeout:               15 * time.Second,
-			PingTimeout:                   10 * time.Second,
-		},
-	}
-	return p
+	return &pool{agent: a, conns: map[string]*peerConn{}, dialing: map[string]*dialCall{}}
 }
 
-func (p *pool) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+// dialTLS connects to a peer sidecar: TCP, then TLS 1.3 with the SVID.
+// Writes under TLS are coalesced (coalescingConn).
+func (p *pool) dialTLS(ctx context.Context, addr string) (*tls.Conn, error) {
 	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	raw, err := d.DialContext(ctx, network, addr)
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -80,9 +60,6 @@ func (p *pool) dialTLS(ctx context.Context, network, addr string) (net.Conn, err
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("mTLS handshake with %s: %w", addr, err)
-	}
-	if info, ok := ctx.Value(dialInfoKey{}).(*dialInfo); ok {
-		info.state = tc.ConnectionState()
 	}
 	return tc, nil
 }
@@ -116,13 +93,13 @@ func (p *pool) get(ctx context.Context, addr string) (*peerConn, error) {
 func (p *pool) dial(addr string, call *dialCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	info := &dialInfo{}
-	cc, err := p.tr.NewClientConn(context.WithValue(ctx, dialInfoKey{}, info), "https", addr)
 	var pc *peerConn
+	tc, err := p.dialTLS(ctx, addr)
 	if err == nil {
-		pc, err = newPeerConn(cc, addr, &info.state)
+		cs := tc.ConnectionState()
+		pc, err = newPeerConn(tc, addr, &cs, p.agent.cfg.MaxHeaderBytes)
 		if err != nil {
-			cc.Close()
+			tc.Close()
 		}
 	}
 	result := "ok"
@@ -140,7 +117,7 @@ func (p *pool) dial(addr string, call *dialCall) {
 	close(call.done)
 }
 
-func newPeerConn(cc *http.ClientConn, addr string, cs *tls.ConnectionState) (*peerConn, error) {
+func newPeerConn(tc *tls.Conn, addr string, cs *tls.ConnectionState, maxHeader int) (*peerConn, error) {
 	if cs.NegotiatedProtocol != "h2" {
 		return nil, fmt.Errorf("peer %s did not negotiate HTTP/2", addr)
 	}
@@ -149,6 +126,10 @@ func newPeerConn(cc *http.ClientConn, addr string, cs *tls.ConnectionState) (*pe
 		return nil, fmt.Errorf("peer %s: %w", addr, err)
 	}
 	key, err := receipt.Key(cs)
+	if err != nil {
+		return nil, fmt.Errorf("peer %s: %w", addr, err)
+	}
+	cc, err := mux.NewClientConn(tc, mux.ClientConfig{MaxHeaderBytes: maxHeader})
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", addr, err)
 	}

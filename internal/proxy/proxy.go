@@ -224,12 +224,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 
-	var servers []*http.Server
+	var servers []interface{ Shutdown(context.Context) error }
 	if inbound != nil {
 		srv := p.inboundServer()
 		servers = append(servers, srv)
 		mln := p.newMTLSListener(runCtx, inbound)
-		wg.Go(func() { srv.Serve(mln) })
+		wg.Go(func() { p.serveInbound(runCtx, srv, mln) })
 	}
 	if outbound != nil {
 		srv := p.outboundServer()
@@ -253,10 +253,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 		ln.Close()
 	}
 	var sw sync.WaitGroup
+	if inbound != nil {
+		inbound.Close()
+	}
 	for _, srv := range servers {
 		sw.Go(func() {
 			if err := srv.Shutdown(drainCtx); err != nil {
-				srv.Close()
+				if c, ok := srv.(interface{ Close() error }); ok {
+					c.Close()
+				}
 			}
 		})
 	}

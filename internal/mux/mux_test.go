@@ -1,0 +1,254 @@
+package mux
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// pair serves h on one end of a loopback TCP connection and returns a
+// client on the other.
+func pair(t *testing.T, h http.Handler) (*ClientConn, *Server) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	srv := &Server{Handler: h, MaxHeaderBytes: 8 << 10}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		srv.ServeConn(context.Background(), c)
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := NewClientConn(nc, ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc, srv
+}
+
+func request(t *testing.T, method, path string, body io.Reader) *http.Request {
+	req, err := http.NewRequestWithContext(t.Context(), method, "https://svc"+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+func TestRoundTripBodiesAndTrailers(t *testing.T) {
+	cc, _ := pair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		sum := sha256.Sum256(b)
+		w.Header().Set("Trailer", "X-Sum")
+		w.Header().Set("X-Method", r.Method)
+		w.Header().Set("X-Host", r.Host)
+		w.WriteHeader(201)
+		w.Write(b)
+		w.Header().Set("X-Sum", fmt.Sprintf("%x", sum))
+		w.Header().Set(http.TrailerPrefix+"X-Req-Trailer", r.Trailer.Get("X-Client"))
+	}))
+	big := bytes.Repeat([]byte("0123456789abcdef"), 256<<10) // 4 MiB: several windows
+	for _, tc := range []struct {
+		name string
+		body []byte
+	}{
+		{name: "no body"},
+		{name: "small", body: []byte("hello")},
+		{name: "larger than the windows", body: big},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var body io.Reader
+			if tc.body != nil {
+				body = bytes.NewReader(tc.body)
+			}
+			req := request(t, "POST", "/x?q=1", body)
+			req.Trailer = http.Header{"X-Client": nil}
+			if tc.body != nil {
+				req.ContentLength = -1
+				req.Body = io.NopCloser(io.MultiReader(bytes.NewReader(tc.body), readerFunc(func([]byte) (int, error) {
+					req.Trailer.Set("X-Client", "c1")
+					return 0, io.EOF
+				})))
+			}
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != 201 || !bytes.Equal(got, tc.body) || resp.Header.Get("X-Method") != "POST" || resp.Header.Get("X-Host") != "svc" {
+				t.Fatalf("got %d %d bytes %v", resp.StatusCode, len(got), resp.Header)
+			}
+			sum := sha256.Sum256(tc.body)
+			if resp.Trailer.Get("X-Sum") != fmt.Sprintf("%x", sum) {
+				t.Errorf("trailer X-Sum %q", resp.Trailer.Get("X-Sum"))
+			}
+			if tc.body != nil && resp.Trailer.Get("X-Req-Trailer") != "c1" {
+				t.Errorf("request trailer did not arrive: %v", resp.Trailer)
+			}
+		})
+	}
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+func TestFullDuplex(t *testing.T) {
+	cc, _ := pair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		buf := make([]byte, 64)
+		for {
+			n, err := r.Body.Read(buf)
+			if n > 0 {
+				w.Write(bytes.ToUpper(buf[:n]))
+				w.(http.Flusher).Flush()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}))
+	pr, pw := io.Pipe()
+	req := request(t, "POST", "/echo", pr)
+	req.ContentLength = -1
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	for _, word := range []string{"ping", "pong", "done"} {
+		pw.Write([]byte(word))
+		n, err := resp.Body.Read(buf)
+		if err != nil || string(buf[:n]) != strings.ToUpper(word) {
+			t.Fatalf("echo of %q: %q %v", word, buf[:n], err)
+		}
+	}
+	pw.Close()
+	if _, err := io.ReadAll(resp.Body); err != nil {
+		t.Fatalf("end: %v", err)
+	}
+}
+
+func TestAbortedHandlerResetsStream(t *testing.T) {
+	cc, _ := pair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("partial"))
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	}))
+	resp, err := cc.RoundTrip(request(t, "GET", "/", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(resp.Body)
+	var se StreamError
+	if !errors.As(err, &se) {
+		t.Fatalf("body ended with %v; want a stream reset", err)
+	}
+	// The connection is still good.
+	resp, err = cc.RoundTrip(request(t, "GET", "/", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+}
+
+func TestConcurrentStreams(t *testing.T) {
+	cc, _ := pair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.URL.Path)
+	}))
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 200 {
+		wg.Go(func() {
+			path := fmt.Sprintf("/%d", i)
+			resp, err := cc.RoundTrip(request(t, "GET", path, nil))
+			if err != nil {
+				errs <- err
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if string(b) != path {
+				errs <- fmt.Errorf("got %q for %s", b, path)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func TestHeaderLimit(t *testing.T) {
+	cc, _ := pair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	// Settings arrive with the first exchange.
+	resp, err := cc.RoundTrip(request(t, "GET", "/", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	req := request(t, "GET", "/", nil)
+	req.Header.Set("X-Big", strings.Repeat("b", 16<<10))
+	if _, err := cc.RoundTrip(req); !errors.Is(err, ErrHeaderTooLarge) {
+		t.Fatalf("over the peer's limit: got %v, want ErrHeaderTooLarge (not sent)", err)
+	}
+	if cc.Err() != nil {
+		t.Fatalf("the connection must survive: %v", cc.Err())
+	}
+}
+
+func TestShutdownDrainsThenRefuses(t *testing.T) {
+	release := make(chan struct{})
+	cc, srv := pair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		io.WriteString(w, "late but whole")
+	}))
+	done := make(chan string)
+	go func() {
+		resp, err := cc.RoundTrip(request(t, "GET", "/", nil))
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		done <- string(b)
+	}()
+	time.Sleep(50 * time.Millisecond) // let the request start
+	shut := make(chan error)
+	go func() { shut <- srv.Shutdown(context.Background()) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for cc.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !errors.Is(cc.Err(), ErrGoAway) {
+		t.Fatalf("client after GOAWAY: Err %v", cc.Err())
+	}
+	close(release)
+	if got := <-done; got != "late but whole" {
+		t.Fatalf("in-flight request across shutdown: %q", got)
+	}
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,513 @@
+package mux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Server serves HTTP/2 on connections already through TLS (ALPN h2): each
+// stream runs Handler in its own goroutine. Configure it before the first
+// ServeConn; its methods are safe for concurrent use.
+type Server struct {
+	Handler              http.Handler
+	MaxConcurrentStreams uint32 // per connection; 0 = 1000
+	MaxHeaderBytes       int    // request header block limit; 0 = 64 KiB; over it: 431
+	// ConnContext returns the context of the requests on nc (values the
+	// handler finds with r.Context()). Nil: the context given to ServeConn.
+	ConnContext func(ctx context.Context, nc net.Conn) context.Context
+	// OnError, if set, hears about connections that failed.
+	OnError func(nc net.Conn, err error)
+
+	mu       sync.Mutex // guards following
+	conns    map[*serverConn]struct{}
+	shutdown bool
+	active   sync.WaitGroup // running handlers
+}
+
+type serverConn struct {
+	srv    *Server
+	c      *conn
+	ctx    context.Context
+	lastID uint32 // highest stream opened; read loop only, then under srv.mu for GOAWAY
+}
+
+var errShutdown = errors.New("mux: server shutting down")
+
+// ServeConn serves nc until the connection ends; it closes nc.
+func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
+	maxStreams := s.MaxConcurrentStreams
+	if maxStreams == 0 {
+		maxStreams = defaultMaxStreams
+	}
+	sc := &serverConn{srv: s, c: newConn(nc, s.MaxHeaderBytes), ctx: ctx}
+	if s.ConnContext != nil {
+		sc.ctx = s.ConnContext(ctx, nc)
+	}
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	if s.conns == nil {
+		s.conns = map[*serverConn]struct{}{}
+	}
+	s.conns[sc] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, sc)
+		s.mu.Unlock()
+	}()
+	err := sc.serve(maxStreams)
+	if err != nil && s.OnError != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		s.OnError(nc, err)
+	}
+	sc.c.fail(fmt.Errorf("mux: connection lost: %w", err))
+}
+
+func (sc *serverConn) serve(maxStreams uint32) error {
+	c := sc.c
+	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c.nc, preface); err != nil {
+		return fmt.Errorf("reading preface: %w", err)
+	}
+	if string(preface) != http2.ClientPreface {
+		return errors.New("bad HTTP/2 preface")
+	}
+	c.nc.SetReadDeadline(time.Time{})
+	if err := c.writeSettings(maxStreams, int(c.rf.MaxHeaderListSize)); err != nil {
+		return err
+	}
+	for {
+		f, err := c.rf.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.writeReset(se.StreamID, se.Code)
+				continue
+			}
+			return err
+		}
+		if ok, err := c.handleCommon(f); ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			if err := sc.onHeaders(f, maxStreams); err != nil {
+				return err
+			}
+		case *http2.DataFrame:
+			c.mu.Lock()
+			st := c.streams[f.StreamID]
+			c.mu.Unlock()
+			if st == nil {
+				c.refund(nil, int(f.Length))
+				continue
+			}
+			if data := f.Data(); len(data) > 0 && !st.deliver(data) {
+				c.writeReset(st.id, http2.ErrCodeFlowControl)
+				sc.reset(st, StreamError{http2.ErrCodeFlowControl})
+				continue
+			}
+			if pad := int(f.Length) - len(f.Data()); pad > 0 {
+				c.refund(st, pad)
+			}
+			if f.StreamEnded() {
+				c.markDone(st, false, true)
+				st.closeRecv(io.EOF)
+			}
+		case *http2.RSTStreamFrame:
+			c.mu.Lock()
+			st := c.streams[f.StreamID]
+			c.mu.Unlock()
+			if st != nil {
+				sc.reset(st, StreamError{f.ErrCode})
+			}
+		}
+	}
+}
+
+// reset ends a stream in both directions and cancels its handler's context.
+func (sc *serverConn) reset(st *stream, err error) {
+	sc.c.resetStream(st, err)
+	if st.cancel != nil {
+		st.cancel()
+	}
+}
+
+func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame, maxStreams uint32) error {
+	c := sc.c
+	c.mu.Lock()
+	st := c.streams[f.StreamID]
+	c.mu.Unlock()
+	if st != nil {
+		// Trailers end the request.
+		tr, err := decodeFields(f.Fields, nil)
+		if err != nil || !f.StreamEnded() {
+			c.writeReset(st.id, http2.ErrCodeProtocol)
+			sc.reset(st, StreamError{http2.ErrCodeProtocol})
+			return nil
+		}
+		st.setTrailer(tr)
+		c.markDone(st, false, true)
+		st.closeRecv(io.EOF)
+		return nil
+	}
+	if f.StreamID%2 == 0 || f.StreamID <= sc.lastID {
+		return fmt.Errorf("stream %d opened out of order", f.StreamID)
+	}
+	sc.srv.mu.Lock()
+	sc.lastID = f.StreamID
+	shutdown := sc.srv.shutdown
+	sc.srv.mu.Unlock()
+	if shutdown {
+		c.writeReset(f.StreamID, http2.ErrCodeRefusedStream)
+		return nil
+	}
+	c.mu.Lock()
+	full := uint32(len(c.streams)) >= maxStreams
+	c.mu.Unlock()
+	if full {
+		c.writeReset(f.StreamID, http2.ErrCodeRefusedStream)
+		return nil
+	}
+	st = newStream(c, f.StreamID)
+	c.mu.Lock()
+	st.sendWindow = int64(c.peerWindow)
+	c.streams[st.id] = st
+	c.mu.Unlock()
+	st.headersSeen = true
+	if f.StreamEnded() {
+		c.markDone(st, false, true)
+		st.closeRecv(io.EOF)
+	}
+	if f.Truncated {
+		sc.answer(st, http.StatusRequestHeaderFieldsTooLarge)
+		return nil
+	}
+	var method, path, authority string
+	h, err := decodeFields(f.Fields, func(name, value string) error {
+		switch name {
+		case ":method":
+			method = value
+		case ":path":
+			path = value
+		case ":authority":
+			authority = value
+		case ":scheme":
+		default:
+			return fmt.Errorf("unknown pseudo-header %s", name)
+		}
+		return nil
+	})
+	if err != nil || method == "" || path == "" {
+		sc.answer(st, http.StatusBadRequest)
+		return nil
+	}
+	u, err := url.ParseRequestURI(path)
+	if err != nil {
+		sc.answer(st, http.StatusBadRequest)
+		return nil
+	}
+	if authority == "" {
+		authority = h.Get("Host")
+	}
+	req := &http.Request{
+		Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h, Host: authority,
+		RequestURI: path, RemoteAddr: c.nc.RemoteAddr().String(),
+	}
+	if f.StreamEnded() {
+		req.Body = http.NoBody
+	} else {
+		req.Body = &requestBody{st: st}
+		req.ContentLength = -1
+		if cl := h.Get("Content-Length"); cl != "" {
+			if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+				req.ContentLength = n
+			}
+		}
+	}
+	for _, v := range h["Trailer"] {
+		for k := range strings.SplitSeq(v, ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				if req.Trailer == nil {
+					req.Trailer = http.Header{}
+				}
+				req.Trailer[canonical(k)] = nil
+			}
+		}
+	}
+	delete(h, "Trailer")
+	st.onEOF = func(tr http.Header) {
+		if len(tr) == 0 {
+			return
+		}
+		if req.Trailer == nil {
+			req.Trailer = http.Header{}
+		}
+		for k, v := range tr {
+			req.Trailer[k] = v
+		}
+	}
+	ctx, cancel := context.WithCancel(sc.ctx)
+	st.cancel = cancel
+	req = req.WithContext(ctx)
+	sc.srv.active.Add(1)
+	go sc.runHandler(st, req)
+	return nil
+}
+
+// answer sends a bodiless response with status code (the handler is not run).
+func (sc *serverConn) answer(st *stream, code int) {
+	c := sc.c
+	c.writeFrames(func() error {
+		return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) {
+			enc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(code)})
+		})
+	})
+	c.markDone(st, true, false)
+	if !st.remoteDone {
+		c.writeReset(st.id, http2.ErrCodeNo)
+		c.resetStream(st, errors.New("mux: request refused"))
+	}
+}
+
+type requestBody struct{ st *stream }
+
+func (b *requestBody) Read(p []byte) (int, error) { return b.st.Read(p) }
+func (b *requestBody) Close() error {
+	b.st.abandon(errors.New("mux: request body closed"))
+	return nil
+}
+
+func (sc *serverConn) runHandler(st *stream, req *http.Request) {
+	defer sc.srv.active.Done()
+	defer st.cancel()
+	rw := &responseWriter{sc: sc, st: st, h: make(http.Header), req: req}
+	defer func() {
+		if e := recover(); e != nil {
+			// http.ErrAbortHandler, or a bug: either way the stream must
+			// not look complete.
+			sc.c.writeReset(st.id, http2.ErrCodeInternal)
+			sc.reset(st, errors.New("mux: handler aborted"))
+			if e != http.ErrAbortHandler {
+				panic(e)
+			}
+		}
+	}()
+	sc.srv.Handler.ServeHTTP(rw, req)
+	rw.finish()
+}
+
+// responseWriter is the http.ResponseWriter of one stream. Trailers work
+// as in net/http: keys declared in the "Trailer" header before WriteHeader,
+// or set with the http.TrailerPrefix.
+type responseWriter struct {
+	sc          *serverConn
+	st          *stream
+	req         *http.Request
+	h           http.Header
+	status      int
+	wroteHeader bool
+	sentHeader  bool
+	declared    []string
+	buf         []byte
+	err         error
+}
+
+func (w *responseWriter) Header() http.Header { return w.h }
+
+func (w *responseWriter) WriteHeader(code int) {
+	if w.wroteHeader {
+		return
+	}
+	w.wroteHeader = true
+	w.status = code
+	for _, v := range w.h["Trailer"] {
+		for k := range strings.SplitSeq(v, ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				w.declared = append(w.declared, canonical(k))
+			}
+		}
+	}
+}
+
+func (w *responseWriter) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.req.Method == http.MethodHead {
+		return len(p), nil
+	}
+	w.buf = append(w.buf, p...)
+	if len(w.buf) >= 64<<10 {
+		if err := w.FlushError(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (w *responseWriter) Flush() { w.FlushError() }
+
+// FlushError sends the headers and the data written so far.
+func (w *responseWriter) FlushError() error {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return w.err
+	}
+	c := w.sc.c
+	if !w.sentHeader {
+		w.err = c.writeFrames(func() error { return w.writeHeaders(false) })
+		w.sentHeader = true
+	}
+	if w.err == nil && len(w.buf) > 0 {
+		w.err = c.writeData(w.st, w.buf, false)
+		w.buf = w.buf[:0]
+	}
+	return w.err
+}
+
+func (w *responseWriter) writeHeaders(end bool) error {
+	return w.sc.c.writeHeaderBlock(w.st.id, end, func(enc *hpack.Encoder) {
+		enc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(w.status)})
+		encodeHeader(enc, w.h, w.declared...)
+	})
+}
+
+func (w *responseWriter) trailers() http.Header {
+	var tr http.Header
+	for _, k := range w.declared {
+		if vs := w.h[k]; len(vs) > 0 {
+			if tr == nil {
+				tr = http.Header{}
+			}
+			tr[k] = vs
+		}
+	}
+	for k, vs := range w.h {
+		if strings.HasPrefix(k, http.TrailerPrefix) && len(vs) > 0 {
+			if tr == nil {
+				tr = http.Header{}
+			}
+			tr[canonical(strings.TrimPrefix(k, http.TrailerPrefix))] = vs
+		}
+	}
+	return tr
+}
+
+// finish ends the response: headers if not yet sent, the buffered data and
+// the trailers, in as few writes as possible.
+func (w *responseWriter) finish() {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	c, st := w.sc.c, w.st
+	if w.err != nil {
+		return
+	}
+	tr := w.trailers()
+	// Fast path: everything fits the send windows; one write, one flush.
+	n := len(w.buf)
+	c.mu.Lock()
+	fits := c.err == nil && st.sendErr == nil && int64(n) <= c.sendWindow && int64(n) <= st.sendWindow && n <= int(c.peerFrame)
+	if fits {
+		c.sendWindow -= int64(n)
+		st.sendWindow -= int64(n)
+	}
+	c.mu.Unlock()
+	var err error
+	if fits {
+		err = c.writeFrames(func() error {
+			if !w.sentHeader {
+				if err := w.writeHeaders(n == 0 && tr == nil); err != nil {
+					return err
+				}
+			}
+			if n > 0 || (w.sentHeader && tr == nil) {
+				if err := c.wf.WriteData(st.id, tr == nil, w.buf); err != nil {
+					return err
+				}
+			}
+			if tr != nil {
+				return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) { encodeHeader(enc, tr) })
+			}
+			return nil
+		})
+	} else {
+		if err = w.FlushError(); err == nil {
+			if tr != nil {
+				err = c.writeFrames(func() error {
+					return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) { encodeHeader(enc, tr) })
+				})
+			} else {
+				err = c.writeData(st, nil, true)
+			}
+		}
+	}
+	if err != nil {
+		return
+	}
+	c.markDone(st, true, false)
+	c.mu.Lock()
+	open := !st.remoteDone
+	c.mu.Unlock()
+	if open {
+		// The request is still coming but the answer is complete: tell
+		// the client to stop sending (RFC 9113 §8.1).
+		c.writeReset(st.id, http2.ErrCodeNo)
+		c.resetStream(st, errors.New("mux: response complete"))
+	}
+}
+
+// Shutdown stops taking new streams (GOAWAY), waits for running handlers
+// until ctx ends, then closes every connection.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	conns := make([]*serverConn, 0, len(s.conns))
+	for sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	s.mu.Unlock()
+	for _, sc := range conns {
+		s.mu.Lock()
+		last := sc.lastID
+		s.mu.Unlock()
+		sc.c.writeFrames(func() error { return sc.c.wf.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	}
+	done := make(chan struct{})
+	go func() { s.active.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	for _, sc := range conns {
+		sc.c.fail(errShutdown)
+	}
+	return err
+}
