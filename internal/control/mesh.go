@@ -262,7 +262,7 @@ func (ms *meshServer) Report(stream grpc.BidiStreamingServer[tallyv1.RecordBatch
 	for {
 		select {
 		case b := <-batches:
-			if err := s.applyBatch(id, svc, b); err != nil {
+			if err := s.applyBatch(ctx, id, svc, b); err != nil {
 				return err
 			}
 			if err := stream.Send(&tallyv1.BatchAck{BatchSeq: b.GetBatchSeq()}); err != nil {
@@ -302,7 +302,7 @@ const maxRecordDetailSize = 1024
 // applyBatch validates the records of b, applies the valid ones and updates
 // metrics and the event stream. A malformed batch (not its records) is an
 // error that ends the stream.
-func (s *Server) applyBatch(peerID spiffeid.ID, svc string, b *tallyv1.RecordBatch) error {
+func (s *Server) applyBatch(ctx context.Context, peerID spiffeid.ID, svc string, b *tallyv1.RecordBatch) error {
 	if !isInstanceID(b.GetInstanceId()) {
 		return status.Errorf(codes.InvalidArgument, "batch %d: instance_id %q: want 32 lowercase hex characters", b.GetBatchSeq(), b.GetInstanceId())
 	}
@@ -311,6 +311,7 @@ func (s *Server) applyBatch(peerID spiffeid.ID, svc string, b *tallyv1.RecordBat
 	}
 	now := time.Now()
 	recs := make([]Record, 0, len(b.GetRecords()))
+	accepted := make([]bool, len(b.GetRecords()))
 	var rejected int
 	var firstErr error
 	for i, pr := range b.GetRecords() {
@@ -323,9 +324,25 @@ func (s *Server) applyBatch(peerID spiffeid.ID, svc string, b *tallyv1.RecordBat
 			}
 			continue
 		}
+		accepted[i] = true
 		recs = append(recs, r)
 	}
 	key := BatchKey{Service: svc, InstanceID: b.GetInstanceId(), Seq: b.GetBatchSeq()}
+	if s.store.Seen(key) {
+		s.m.batches.WithLabelValues("duplicate").Inc()
+		return nil
+	}
+	// Durable first: the batch is acknowledged only once its leaves are
+	// committed to the ledger.
+	stored, note, err := s.ledger.append(ctx, peerID, b, accepted)
+	if err != nil {
+		return err
+	}
+	if note != "" {
+		s.m.unsignedBatches.Inc()
+		s.log.Warn("batch stored without its signature", "service", svc, "instance_id", key.InstanceID,
+			"batch_seq", key.Seq, "leaves", stored, "reason", note)
+	}
 	a := s.store.Apply(key, recs, now)
 	if a.Duplicate {
 		s.m.batches.WithLabelValues("duplicate").Inc()
@@ -368,7 +385,9 @@ func (s *Server) applyBatch(peerID spiffeid.ID, svc string, b *tallyv1.RecordBat
 	if a.Evicted > 0 {
 		s.m.evicted.Add(float64(a.Evicted))
 	}
-	s.m.ledgerSize.Set(float64(a.Held))
+	if size, _, err := s.ledger.log.Head(ctx); err == nil {
+		s.m.ledgerSize.Set(float64(size))
+	}
 	return nil
 }
 

@@ -25,6 +25,7 @@ import (
 
 	tallyv1 "github.com/tally-mesh/tally/api/tally/v1"
 	"github.com/tally-mesh/tally/internal/identity"
+	"github.com/tally-mesh/tally/internal/ledger"
 	"github.com/tally-mesh/tally/internal/observe"
 )
 
@@ -78,6 +79,11 @@ type Config struct {
 	// Window is how long a sent message may stay unconfirmed. Zero:
 	// DefaultWindow.
 	Window time.Duration
+	// Ledger selects the durable ledger: "" or "sqlite" for SQLite in
+	// DataDir/ledger.db, or a postgres:// URL. Several control planes may
+	// share one PostgreSQL ledger: one holds the writer role, the others
+	// serve reads and take over when it dies.
+	Ledger string
 	// SVIDTTL is the life of the sidecars' certificates; sidecars renew at
 	// two thirds of it. Zero: DefaultSVIDTTL; at least one second.
 	SVIDTTL time.Duration
@@ -99,6 +105,7 @@ type Server struct {
 	tokens     *tokenStore
 	adminToken string
 	store      Store
+	ledger     *ledgerIngest
 	reg        *registry
 	events     observe.Bus[streamEvent]
 	m          *metrics
@@ -197,6 +204,13 @@ func New(cfg Config) (*Server, error) {
 		reg:        newRegistry(td),
 		stopping:   make(chan struct{}),
 	}
+	lg, err := ledger.Open(context.Background(), ledger.Config{
+		Store: cfg.Ledger, Dir: cfg.DataDir, Origin: "tally/" + td.Name() + "/ledger", Logger: s.log.With("component", "ledger"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("control: opening the ledger: %w", err)
+	}
+	s.ledger = newLedgerIngest(lg, ca.Cert)
 	s.m, err = newMetrics(cfg.Registry, s)
 	if err != nil {
 		return nil, fmt.Errorf("control: registering metrics: %w", err)
@@ -304,6 +318,18 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 
 	var wg sync.WaitGroup
+	defer s.ledger.log.Close()
+	// Take the writer role now if it is free, so the first batches need
+	// not wait; otherwise serve reads and keep trying (ledgerIngest.run).
+	if err := s.ledger.log.AcquireWriter(ctx); err == nil {
+		s.ledger.writer.Store(true)
+	} else {
+		s.log.Info("ledger reader: another control plane holds the writer role", "err", err)
+	}
+	ledgerCtx, stopLedger := context.WithCancel(context.WithoutCancel(ctx))
+	var lw sync.WaitGroup
+	lw.Go(func() { s.ledger.run(ledgerCtx, s) })
+	defer func() { stopLedger(); lw.Wait() }()
 	errc := make(chan error, 2)
 	wg.Go(func() {
 		if err := gs.Serve(gl); err != nil {
@@ -436,6 +462,7 @@ type metrics struct {
 	ledgerSize                prometheus.Gauge
 	evicted                   prometheus.Counter
 	batches                   *prometheus.CounterVec // result
+	unsignedBatches           prometheus.Counter
 	joins, renewals           *prometheus.CounterVec // result
 }
 
@@ -474,8 +501,11 @@ func newMetrics(reg *prometheus.Registry, s *Server) (*metrics, error) {
 		auditGaps: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_audit_gaps_total", Help: "Omission events of kind audit_gap: records the mesh could not keep.",
 		}),
+		unsignedBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_control_unsigned_batches_total", Help: "Batches whose leaves were stored without a verified sidecar signature.",
+		}),
 		ledgerSize: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "tally_ledger_size", Help: "Confirmations and omission events held.",
+			Name: "tally_ledger_size", Help: "Leaves in the ledger: confirmations and omission events.",
 		}),
 		evicted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_control_events_evicted_total", Help: "Oldest omission events dropped to stay within the event bound.",
@@ -492,7 +522,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) (*metrics, error) {
 	}
 	cs := []prometheus.Collector{
 		m.sent, m.confirmed, m.received, m.bytesSent, m.bytesConfirmed, m.duration,
-		m.omissions, m.ingested, m.rejected, m.auditGaps, m.ledgerSize, m.evicted,
+		m.omissions, m.ingested, m.rejected, m.auditGaps, m.ledgerSize, m.evicted, m.unsignedBatches,
 		m.batches, m.joins, m.renewals,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tally_control_instances", Help: "Sidecar instances with an open Watch stream.",

@@ -23,6 +23,9 @@ type Store interface {
 	// Apply applies recs, the already validated records of one batch, at
 	// time now (the detection time of events whose record carries none).
 	Apply(key BatchKey, recs []Record, now time.Time) Applied
+	// Seen reports whether key was applied already (Apply would report
+	// Duplicate), without applying anything.
+	Seen(key BatchKey) bool
 	// Edges returns every edge, sorted by source, then destination.
 	Edges() []Edge
 	// Omissions returns the events that match q, in q's order, and whether
@@ -298,6 +301,20 @@ func (m *memStore) Apply(key BatchKey, recs []Record, now time.Time) Applied {
 	}
 	a.Held = m.confirmations + len(m.events)
 	return a
+}
+
+func (m *memStore) Seen(key BatchKey) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w := m.batches[instanceKey{key.Service, key.InstanceID}]
+	if w == nil {
+		return false
+	}
+	if key.Seq <= w.floor {
+		return true
+	}
+	_, ok := w.above[key.Seq]
+	return ok
 }
 
 // markBatch records key as applied and reports whether it was new.

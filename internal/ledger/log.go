@@ -416,6 +416,13 @@ func checkCovers(sig *BatchSignature, leafHashes [][32]byte) error {
 	return nil
 }
 
+// LastBatchSeq returns the highest batch sequence number of the signed
+// batches instance uploaded, 0 if none. Batches of one instance are
+// appended in order, so a batch at or below it is already in the log.
+func (l *Log) LastBatchSeq(ctx context.Context, instance string) (uint64, error) {
+	return l.r.lastBatchSeq(ctx, instance)
+}
+
 // Head returns the stored tree size and root.
 func (l *Log) Head(ctx context.Context) (size uint64, root [32]byte, err error) {
 	ts, err := l.r.treeState(ctx)

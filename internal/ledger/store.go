@@ -51,6 +51,7 @@ func schema(blob, integer string) []string {
 		`CREATE TABLE IF NOT EXISTS nodes (level INTEGER NOT NULL, idx ` + integer + ` NOT NULL, hash ` + blob + ` NOT NULL, PRIMARY KEY (level, idx))`,
 		`CREATE TABLE IF NOT EXISTS batches (start_idx ` + integer + ` PRIMARY KEY, end_idx ` + integer + ` NOT NULL, instance_id TEXT NOT NULL, batch_seq ` + integer + ` NOT NULL, signed_at ` + integer + ` NOT NULL, root ` + blob + ` NOT NULL, chain ` + blob + ` NOT NULL, signature ` + blob + ` NOT NULL)`,
 		`CREATE TABLE IF NOT EXISTS checkpoints (seq ` + integer + ` PRIMARY KEY, size ` + integer + ` NOT NULL, note ` + blob + ` NOT NULL, created_at ` + integer + ` NOT NULL)`,
+		`CREATE INDEX IF NOT EXISTS batches_by_instance ON batches (instance_id, batch_seq)`,
 	}
 }
 
@@ -240,6 +241,16 @@ func (r reader) latestCheckpoint(ctx context.Context) (StoredCheckpoint, error) 
 	}
 	c.Seq, c.Size = uint64(seq), uint64(size)
 	return c, nil
+}
+
+// lastBatchSeq is the highest batch_seq of instance's signed batches, 0 if
+// none.
+func (r reader) lastBatchSeq(ctx context.Context, instance string) (uint64, error) {
+	var seq sql.NullInt64
+	if err := r.q.QueryRowContext(ctx, `SELECT MAX(batch_seq) FROM batches WHERE instance_id = $1`, instance).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("reading batches of %s: %w", instance, err)
+	}
+	return uint64(seq.Int64), nil
 }
 
 func (r reader) batches(ctx context.Context, start uint64, limit int) ([]StoredBatch, error) {

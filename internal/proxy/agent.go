@@ -22,6 +22,7 @@ import (
 
 	tallyv1 "github.com/tally-mesh/tally/api/tally/v1"
 	"github.com/tally-mesh/tally/internal/identity"
+	"github.com/tally-mesh/tally/internal/ledger"
 )
 
 // meshState is one snapshot of the mesh as the control plane sent it.
@@ -47,6 +48,7 @@ type agent struct {
 
 	td     spiffeid.TrustDomain
 	source *identity.Source // set once by join, before joined
+	selfID string           // this sidecar's SPIFFE ID, set with source
 	joined atomic.Bool
 	conn   *grpc.ClientConn // mTLS with the current SVID
 	client tallyv1.MeshClient
@@ -152,6 +154,7 @@ func (a *agent) tryJoin(ctx context.Context) error {
 		return permanentError{errors.New("trust bundle from control plane does not hold the CA the join token names")}
 	}
 	a.source = identity.NewSource(svid, bundle)
+	a.selfID = svid.ID.String()
 	// Only the control plane's own identity may answer on this connection:
 	// every sidecar certificate is also a TLS server certificate.
 	ctlTLS := tlsconfig.MTLSClientConfig(a.source, a.source, tlsconfig.AuthorizeID(identity.ControlID(a.td)))
@@ -166,6 +169,32 @@ func (a *agent) tryJoin(ctx context.Context) error {
 	a.joined.Store(true)
 	a.log.Info("joined mesh", "id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
 	return nil
+}
+
+// signBatch signs the ledger leaves of b with the current SVID's key; a
+// batch without leaves goes unsigned. A failure leaves the batch unsigned:
+// the control plane stores it and says so.
+func (a *agent) signBatch(b *tallyv1.RecordBatch) {
+	entries, _ := ledger.BatchEntries(b)
+	if len(entries) == 0 {
+		return
+	}
+	leaves, err := ledger.EncodeAll(entries)
+	if err != nil {
+		a.log.Error("batch not signed: encoding its leaves", "batch_seq", b.BatchSeq, "err", err)
+		return
+	}
+	svid := a.source.SVID()
+	chain := make([][]byte, len(svid.Certificates))
+	for i, c := range svid.Certificates {
+		chain[i] = c.Raw
+	}
+	sig, err := ledger.SignBatch(svid.PrivateKey, chain, b.InstanceId, b.BatchSeq, time.Now(), leaves)
+	if err != nil {
+		a.log.Error("batch not signed", "batch_seq", b.BatchSeq, "err", err)
+		return
+	}
+	b.Signature = ledger.SignatureToProto(sig)
 }
 
 func bundleHolds(b *x509bundle.Bundle, fp [32]byte) bool {

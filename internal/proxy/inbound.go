@@ -105,7 +105,7 @@ func (p *Proxy) refused(addr net.Addr, err error) {
 	p.log.Warn("inbound handshake refused", "peer", addr.String(), "reason", reason, "err", err)
 	p.rec.add(&tallyv1.Record{
 		Kind: tallyv1.RecordKind_RECORD_KIND_OMISSION, OmissionKind: "unauthorized",
-		Destination: p.cfg.Service, Reporter: "callee",
+		Destination: p.cfg.Service, DestinationIdentity: p.agent.selfID, Reporter: "callee",
 		Detail: fmt.Sprintf("mTLS handshake from %s refused (%s): %v", addr, reason, err),
 	})
 }
@@ -237,7 +237,7 @@ func (p *Proxy) calleeOmission(m *inMessage, kind, detail string) {
 	p.rec.add(&tallyv1.Record{
 		Kind: tallyv1.RecordKind_RECORD_KIND_OMISSION, OmissionKind: kind, Detail: detail,
 		MessageId: m.id, Seq: m.seq, Source: m.edge.source, Destination: p.cfg.Service,
-		SourceIdentity: m.peer.peer.String(), Protocol: m.proto, Reporter: "callee",
+		SourceIdentity: m.peer.peer.String(), DestinationIdentity: p.agent.selfID, Protocol: m.proto, Reporter: "callee",
 		PeerInstanceId: m.peerInstance,
 	})
 }
@@ -443,7 +443,7 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 	p.rec.add(&tallyv1.Record{
 		Kind: tallyv1.RecordKind_RECORD_KIND_RECEIVED, MessageId: m.id, Seq: m.seq,
 		Source: m.edge.source, Destination: p.cfg.Service, SourceIdentity: m.peer.peer.String(),
-		Protocol: m.proto, Reporter: "callee", RequestDigest: reqSum[:], ResponseDigest: sum[:],
+		DestinationIdentity: p.agent.selfID, Protocol: m.proto, Reporter: "callee", RequestDigest: reqSum[:], ResponseDigest: sum[:],
 		RequestBytes: reqLen, ResponseBytes: rm.n, PeerInstanceId: m.peerInstance,
 	})
 }

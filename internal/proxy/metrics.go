@@ -68,9 +68,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 // edge is the caller side's state for one destination service: its sequence
 // space and its cached metric children (no label hashing per message).
 type edge struct {
-	dest   string
-	destID spiffeid.ID
-	seq    atomic.Uint64
+	dest     string
+	destID   spiffeid.ID
+	sourceID string // this sidecar's own SPIFFE ID
+	seq      atomic.Uint64
 
 	sent, confirmed, received prometheus.Counter
 	bytesSent, bytesConfirmed prometheus.Counter

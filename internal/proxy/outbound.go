@@ -78,7 +78,9 @@ func (p *Proxy) edgeFor(dest string) *edge {
 		return e.(*edge)
 	}
 	id, _ := identity.ServiceID(p.agent.td, dest)
-	e, _ := p.edges.LoadOrStore(dest, p.met.newEdge(p.cfg.Service, dest, id))
+	ne := p.met.newEdge(p.cfg.Service, dest, id)
+	ne.sourceID = p.agent.selfID
+	e, _ := p.edges.LoadOrStore(dest, ne)
 	return e.(*edge)
 }
 
@@ -490,7 +492,7 @@ func (p *Proxy) callerOmission(c *call, om *omission) {
 func (c *call) record(kind tallyv1.RecordKind) *tallyv1.Record {
 	return &tallyv1.Record{
 		Kind: kind, MessageId: c.id, Seq: c.seq, Source: c.edge.source, Destination: c.edge.dest,
-		DestinationIdentity: c.edge.destID.String(), Protocol: c.proto, Reporter: "caller",
+		SourceIdentity: c.edge.sourceID, DestinationIdentity: c.edge.destID.String(), Protocol: c.proto, Reporter: "caller",
 	}
 }
 

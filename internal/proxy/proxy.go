@@ -218,6 +218,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 		wg.Wait()
 		return err
 	}
+	p.rec.mu.Lock()
+	p.rec.sign = p.agent.signBatch
+	p.rec.selfID = func() string { return p.agent.selfID }
+	p.rec.mu.Unlock()
 	wg.Go(func() { p.agent.run(runCtx) })
 	select {
 	case <-p.agent.synced:

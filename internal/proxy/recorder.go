@@ -28,9 +28,13 @@ const (
 type recorder struct {
 	instance string
 	service  string
-	limit    int
-	met      *metrics
-	notify   chan struct{} // wakes the uploader; capacity 1
+	// sign, if set, signs a batch as it is cut (the sidecar's SVID key
+	// over the batch's ledger leaves); selfID names this sidecar.
+	sign   func(*tallyv1.RecordBatch)
+	selfID func() string
+	limit  int
+	met    *metrics
+	notify chan struct{} // wakes the uploader; capacity 1
 
 	mu       sync.Mutex // guards following
 	pending  []*tallyv1.Record
@@ -44,7 +48,8 @@ type recorder struct {
 }
 
 func newRecorder(instance, service string, limit int, met *metrics) *recorder {
-	r := &recorder{instance: instance, service: service, limit: limit, met: met, notify: make(chan struct{}, 1)}
+	r := &recorder{instance: instance, service: service, limit: limit, met: met, notify: make(chan struct{}, 1),
+		selfID: func() string { return "" }}
 	r.changed = sync.NewCond(&r.mu)
 	return r
 }
@@ -134,6 +139,9 @@ func hasOmission(recs []*tallyv1.Record) bool {
 func (r *recorder) cutLocked() *tallyv1.RecordBatch {
 	r.batchSeq++
 	b := &tallyv1.RecordBatch{BatchSeq: r.batchSeq, InstanceId: r.instance, Records: r.pending}
+	if r.sign != nil {
+		r.sign(b)
+	}
 	r.pending = nil
 	r.unacked = append(r.unacked, b)
 	return b
@@ -155,13 +163,14 @@ func (r *recorder) ack(seq uint64) {
 		// Room again: say what was lost. This record may take the slot
 		// just freed even when the buffer is full again at once.
 		gap := &tallyv1.Record{
-			Kind:         tallyv1.RecordKind_RECORD_KIND_OMISSION,
-			OmissionKind: "audit_gap",
-			Detail:       fmt.Sprintf("%d records dropped: record buffer full (limit %d)", r.dropped, r.limit),
-			Reporter:     "caller",
-			Source:       r.service,
-			InstanceId:   r.instance,
-			AtUnixNano:   time.Now().UnixNano(),
+			Kind:           tallyv1.RecordKind_RECORD_KIND_OMISSION,
+			OmissionKind:   "audit_gap",
+			Detail:         fmt.Sprintf("%d records dropped: record buffer full (limit %d)", r.dropped, r.limit),
+			Reporter:       "caller",
+			Source:         r.service,
+			SourceIdentity: r.selfID(),
+			InstanceId:     r.instance,
+			AtUnixNano:     time.Now().UnixNano(),
 		}
 		r.dropped = 0
 		r.appendLocked(gap)

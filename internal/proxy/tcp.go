@@ -383,7 +383,7 @@ func (p *Proxy) serveInboundTCP(w http.ResponseWriter, r *http.Request, m *inMes
 	p.rec.add(&tallyv1.Record{
 		Kind: tallyv1.RecordKind_RECORD_KIND_RECEIVED, MessageId: m.id, Seq: m.seq,
 		Source: m.edge.source, Destination: p.cfg.Service, SourceIdentity: m.peer.peer.String(),
-		Protocol: "tcp", Reporter: "callee", RequestDigest: upFin.sum[:], ResponseDigest: downFin.sum[:],
+		DestinationIdentity: p.agent.selfID, Protocol: "tcp", Reporter: "callee", RequestDigest: upFin.sum[:], ResponseDigest: downFin.sum[:],
 		RequestBytes: upFin.n, ResponseBytes: downFin.n, PeerInstanceId: m.peerInstance,
 	})
 }

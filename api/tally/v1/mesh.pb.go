@@ -750,10 +750,14 @@ func (x *Record) GetPeerInstanceId() string {
 }
 
 type RecordBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BatchSeq      uint64                 `protobuf:"varint,1,opt,name=batch_seq,json=batchSeq,proto3" json:"batch_seq,omitempty"` // per instance, starting at 1
-	InstanceId    string                 `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
-	Records       []*Record              `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	BatchSeq   uint64                 `protobuf:"varint,1,opt,name=batch_seq,json=batchSeq,proto3" json:"batch_seq,omitempty"` // per instance, starting at 1
+	InstanceId string                 `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	Records    []*Record              `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
+	// The sidecar's signature over the ledger leaves of this batch's
+	// CONFIRMED and OMISSION records (docs/PROTOCOL.md, "Ledger"); absent
+	// when the batch has none.
+	Signature     *BatchSignature `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -809,6 +813,92 @@ func (x *RecordBatch) GetRecords() []*Record {
 	return nil
 }
 
+func (x *RecordBatch) GetSignature() *BatchSignature {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+// BatchSignature: ECDSA P-256 with SHA-256, by the key of the sidecar's
+// current X.509-SVID, over the tally-batch/v1 statement (instance_id,
+// batch_seq, signed_at, count, root).
+type BatchSignature struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	SignedAtUnixNano int64                  `protobuf:"varint,1,opt,name=signed_at_unix_nano,json=signedAtUnixNano,proto3" json:"signed_at_unix_nano,omitempty"`
+	Count            uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`                      // leaves covered
+	Root             []byte                 `protobuf:"bytes,3,opt,name=root,proto3" json:"root,omitempty"`                         // RFC 6962 root of those leaves
+	ChainDer         [][]byte               `protobuf:"bytes,4,rep,name=chain_der,json=chainDer,proto3" json:"chain_der,omitempty"` // the SVID chain, leaf first
+	Signature        []byte                 `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`               // ASN.1 DER
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *BatchSignature) Reset() {
+	*x = BatchSignature{}
+	mi := &file_tally_v1_mesh_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchSignature) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchSignature) ProtoMessage() {}
+
+func (x *BatchSignature) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_v1_mesh_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchSignature.ProtoReflect.Descriptor instead.
+func (*BatchSignature) Descriptor() ([]byte, []int) {
+	return file_tally_v1_mesh_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *BatchSignature) GetSignedAtUnixNano() int64 {
+	if x != nil {
+		return x.SignedAtUnixNano
+	}
+	return 0
+}
+
+func (x *BatchSignature) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *BatchSignature) GetRoot() []byte {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *BatchSignature) GetChainDer() [][]byte {
+	if x != nil {
+		return x.ChainDer
+	}
+	return nil
+}
+
+func (x *BatchSignature) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
 type BatchAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BatchSeq      uint64                 `protobuf:"varint,1,opt,name=batch_seq,json=batchSeq,proto3" json:"batch_seq,omitempty"`
@@ -818,7 +908,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_tally_v1_mesh_proto_msgTypes[10]
+	mi := &file_tally_v1_mesh_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +920,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_v1_mesh_proto_msgTypes[10]
+	mi := &file_tally_v1_mesh_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +933,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_tally_v1_mesh_proto_rawDescGZIP(), []int{10}
+	return file_tally_v1_mesh_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BatchAck) GetBatchSeq() uint64 {
@@ -915,12 +1005,19 @@ const file_tally_v1_mesh_proto_rawDesc = "" +
 	"\breporter\x18\x11 \x01(\tR\breporter\x12\x1f\n" +
 	"\vinstance_id\x18\x12 \x01(\tR\n" +
 	"instanceId\x12(\n" +
-	"\x10peer_instance_id\x18\x13 \x01(\tR\x0epeerInstanceId\"w\n" +
+	"\x10peer_instance_id\x18\x13 \x01(\tR\x0epeerInstanceId\"\xaf\x01\n" +
 	"\vRecordBatch\x12\x1b\n" +
 	"\tbatch_seq\x18\x01 \x01(\x04R\bbatchSeq\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
 	"instanceId\x12*\n" +
-	"\arecords\x18\x03 \x03(\v2\x10.tally.v1.RecordR\arecords\"'\n" +
+	"\arecords\x18\x03 \x03(\v2\x10.tally.v1.RecordR\arecords\x126\n" +
+	"\tsignature\x18\x04 \x01(\v2\x18.tally.v1.BatchSignatureR\tsignature\"\xa4\x01\n" +
+	"\x0eBatchSignature\x12-\n" +
+	"\x13signed_at_unix_nano\x18\x01 \x01(\x03R\x10signedAtUnixNano\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\x12\x12\n" +
+	"\x04root\x18\x03 \x01(\fR\x04root\x12\x1b\n" +
+	"\tchain_der\x18\x04 \x03(\fR\bchainDer\x12\x1c\n" +
+	"\tsignature\x18\x05 \x01(\fR\tsignature\"'\n" +
 	"\bBatchAck\x12\x1b\n" +
 	"\tbatch_seq\x18\x01 \x01(\x04R\bbatchSeq*\x8e\x01\n" +
 	"\n" +
@@ -949,20 +1046,21 @@ func file_tally_v1_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_tally_v1_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tally_v1_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_tally_v1_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_tally_v1_mesh_proto_goTypes = []any{
-	(RecordKind)(0),      // 0: tally.v1.RecordKind
-	(*JoinRequest)(nil),  // 1: tally.v1.JoinRequest
-	(*RenewRequest)(nil), // 2: tally.v1.RenewRequest
-	(*SVIDResponse)(nil), // 3: tally.v1.SVIDResponse
-	(*WatchRequest)(nil), // 4: tally.v1.WatchRequest
-	(*Snapshot)(nil),     // 5: tally.v1.Snapshot
-	(*Service)(nil),      // 6: tally.v1.Service
-	(*Endpoint)(nil),     // 7: tally.v1.Endpoint
-	(*Fault)(nil),        // 8: tally.v1.Fault
-	(*Record)(nil),       // 9: tally.v1.Record
-	(*RecordBatch)(nil),  // 10: tally.v1.RecordBatch
-	(*BatchAck)(nil),     // 11: tally.v1.BatchAck
+	(RecordKind)(0),        // 0: tally.v1.RecordKind
+	(*JoinRequest)(nil),    // 1: tally.v1.JoinRequest
+	(*RenewRequest)(nil),   // 2: tally.v1.RenewRequest
+	(*SVIDResponse)(nil),   // 3: tally.v1.SVIDResponse
+	(*WatchRequest)(nil),   // 4: tally.v1.WatchRequest
+	(*Snapshot)(nil),       // 5: tally.v1.Snapshot
+	(*Service)(nil),        // 6: tally.v1.Service
+	(*Endpoint)(nil),       // 7: tally.v1.Endpoint
+	(*Fault)(nil),          // 8: tally.v1.Fault
+	(*Record)(nil),         // 9: tally.v1.Record
+	(*RecordBatch)(nil),    // 10: tally.v1.RecordBatch
+	(*BatchSignature)(nil), // 11: tally.v1.BatchSignature
+	(*BatchAck)(nil),       // 12: tally.v1.BatchAck
 }
 var file_tally_v1_mesh_proto_depIdxs = []int32{
 	6,  // 0: tally.v1.Snapshot.services:type_name -> tally.v1.Service
@@ -970,19 +1068,20 @@ var file_tally_v1_mesh_proto_depIdxs = []int32{
 	7,  // 2: tally.v1.Service.endpoints:type_name -> tally.v1.Endpoint
 	0,  // 3: tally.v1.Record.kind:type_name -> tally.v1.RecordKind
 	9,  // 4: tally.v1.RecordBatch.records:type_name -> tally.v1.Record
-	1,  // 5: tally.v1.Mesh.Join:input_type -> tally.v1.JoinRequest
-	2,  // 6: tally.v1.Mesh.Renew:input_type -> tally.v1.RenewRequest
-	4,  // 7: tally.v1.Mesh.Watch:input_type -> tally.v1.WatchRequest
-	10, // 8: tally.v1.Mesh.Report:input_type -> tally.v1.RecordBatch
-	3,  // 9: tally.v1.Mesh.Join:output_type -> tally.v1.SVIDResponse
-	3,  // 10: tally.v1.Mesh.Renew:output_type -> tally.v1.SVIDResponse
-	5,  // 11: tally.v1.Mesh.Watch:output_type -> tally.v1.Snapshot
-	11, // 12: tally.v1.Mesh.Report:output_type -> tally.v1.BatchAck
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	11, // 5: tally.v1.RecordBatch.signature:type_name -> tally.v1.BatchSignature
+	1,  // 6: tally.v1.Mesh.Join:input_type -> tally.v1.JoinRequest
+	2,  // 7: tally.v1.Mesh.Renew:input_type -> tally.v1.RenewRequest
+	4,  // 8: tally.v1.Mesh.Watch:input_type -> tally.v1.WatchRequest
+	10, // 9: tally.v1.Mesh.Report:input_type -> tally.v1.RecordBatch
+	3,  // 10: tally.v1.Mesh.Join:output_type -> tally.v1.SVIDResponse
+	3,  // 11: tally.v1.Mesh.Renew:output_type -> tally.v1.SVIDResponse
+	5,  // 12: tally.v1.Mesh.Watch:output_type -> tally.v1.Snapshot
+	12, // 13: tally.v1.Mesh.Report:output_type -> tally.v1.BatchAck
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_tally_v1_mesh_proto_init() }
@@ -996,7 +1095,7 @@ func file_tally_v1_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tally_v1_mesh_proto_rawDesc), len(file_tally_v1_mesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

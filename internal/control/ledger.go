@@ -1,0 +1,172 @@
+package control
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	tallyv1 "github.com/tally-mesh/tally/api/tally/v1"
+	"github.com/tally-mesh/tally/internal/ledger"
+)
+
+// checkpointInterval is how often a growing log gets a new signed
+// checkpoint (issue: at least every second).
+const checkpointInterval = time.Second
+
+// ledgerIngest appends what sidecars upload to the durable ledger before
+// the batch is acknowledged. It is safe for concurrent use.
+//
+// # Durability
+//
+// A batch is acknowledged only after Append returned, and Append returns
+// only after the commit is durable: a sidecar keeps and resends everything
+// not acknowledged, so nothing acknowledged is lost when the control plane
+// dies. A batch resent after a crash that had been appended already is
+// recognised by its (instance, batch_seq) in the log's signed batches and
+// not appended twice.
+type ledgerIngest struct {
+	log    *ledger.Log
+	roots  *x509.CertPool
+	writer atomic.Bool
+
+	mu      sync.Mutex // guards lastSeq
+	lastSeq map[string]uint64
+}
+
+func newLedgerIngest(lg *ledger.Log, ca *x509.Certificate) *ledgerIngest {
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	return &ledgerIngest{log: lg, roots: roots, lastSeq: map[string]uint64{}}
+}
+
+// errNotWriter tells a sidecar to come back later: another control plane
+// holds the ledger; what it uploads stays in its buffer.
+var errNotWriter = status.Error(codes.Unavailable, "this control plane is a reader: another one holds the ledger writer lock")
+
+// append stores the leaves of b's accepted records (accepted[i] for record
+// i) and reports whether they were new. The signature is kept only if it
+// verifies and covers exactly the stored leaves.
+func (li *ledgerIngest) append(ctx context.Context, peerID spiffeid.ID, b *tallyv1.RecordBatch, accepted []bool) (stored int, note string, err error) {
+	if !li.writer.Load() {
+		return 0, "", errNotWriter
+	}
+	inst := b.GetInstanceId()
+	li.mu.Lock()
+	last, known := li.lastSeq[inst]
+	li.mu.Unlock()
+	if !known {
+		if last, err = li.log.LastBatchSeq(ctx, inst); err != nil {
+			return 0, "", status.Errorf(codes.Unavailable, "ledger: %v", err)
+		}
+	}
+	if b.GetBatchSeq() <= last {
+		return 0, "", nil // appended before a restart: not again
+	}
+	all, from := ledger.BatchEntries(b)
+	var entries []ledger.Entry
+	for i, e := range all {
+		if accepted[from[i]] {
+			entries = append(entries, e)
+		}
+	}
+	if len(entries) == 0 {
+		return 0, "", nil
+	}
+	sig, serr := ledger.SignatureFromProto(b)
+	switch {
+	case serr != nil:
+		note = serr.Error()
+		sig = nil
+	case sig == nil:
+		note = "batch not signed"
+	case len(entries) != len(all):
+		note = "records were refused, so the signature does not cover what is stored"
+		sig = nil
+	default:
+		leaves, err := ledger.EncodeAll(entries)
+		if err != nil {
+			return 0, "", status.Errorf(codes.InvalidArgument, "batch %d: %v", b.GetBatchSeq(), err)
+		}
+		cert, verr := ledger.VerifyBatchSignature(sig, leaves, li.roots)
+		if verr == nil {
+			if id, err := x509svid.IDFromCert(cert); err != nil || id != peerID {
+				verr = fmt.Errorf("signed by %v, uploaded by %s", id, peerID)
+			}
+		}
+		if verr != nil {
+			note = "batch signature refused: " + verr.Error()
+			sig = nil
+		}
+	}
+	if _, err := li.log.Append(ctx, ledger.Batch{Entries: entries, Signature: sig}); err != nil {
+		if errors.Is(err, ledger.ErrNotWriter) {
+			li.writer.Store(false)
+			return 0, "", errNotWriter
+		}
+		return 0, "", status.Errorf(codes.Unavailable, "ledger append: %v", err)
+	}
+	if sig != nil {
+		li.mu.Lock()
+		li.lastSeq[inst] = b.GetBatchSeq()
+		li.mu.Unlock()
+	}
+	return len(entries), note, nil
+}
+
+// appendFindings stores the control plane's own omission events.
+func (li *ledgerIngest) appendFindings(ctx context.Context, evs []Event) error {
+	if len(evs) == 0 || !li.writer.Load() {
+		return nil
+	}
+	entries := make([]ledger.Entry, len(evs))
+	for i, ev := range evs {
+		entries[i] = ledger.Entry{
+			Kind: ledger.KindOmission, MessageID: ev.MessageID, Seq: ev.Seq,
+			Source: ev.Source, Destination: ev.Destination,
+			SourceIdentity: ev.SourceIdentity, DestinationIdentity: ev.DestinationIdentity,
+			AtUnixNano: ev.DetectedAt.UnixNano(), EventID: "control:" + ev.ID,
+			OmissionKind: ev.Kind, Detail: ev.Detail, Reporter: "control",
+		}
+	}
+	_, err := li.log.Append(ctx, ledger.Batch{Entries: entries})
+	return err
+}
+
+// run holds or waits for the writer role and publishes a checkpoint every
+// second while the log grows, until ctx ends.
+func (li *ledgerIngest) run(ctx context.Context, s *Server) {
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	for {
+		if err := li.log.AcquireWriter(ctx); err != nil {
+			if li.writer.Swap(false) {
+				s.log.Warn("ledger writer role lost", "err", err)
+			}
+		} else if !li.writer.Swap(true) {
+			// Taken over from a writer that stopped.
+			s.log.Info("ledger writer role held: appending and signing checkpoints")
+			li.mu.Lock()
+			clear(li.lastSeq) // another writer may have appended meanwhile
+			li.mu.Unlock()
+		}
+		if li.writer.Load() {
+			if _, err := li.log.Checkpoint(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("signing checkpoint", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
