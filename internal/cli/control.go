@@ -44,6 +44,7 @@ Ctrl-C stops accepting, ends the sidecars' streams and exits 0.`,
 	f.DurationVar(&cfg.Window, "window", control.DefaultWindow, "how long a sent message may stay unconfirmed")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", control.DefaultTrustDomain, "SPIFFE trust domain of the mesh")
 	f.DurationVar(&cfg.SVIDTTL, "svid-ttl", control.DefaultSVIDTTL, "life of the sidecars' certificates; they renew at 2/3 of it")
+	f.StringVar(&cfg.AlertWebhook, "alert-webhook", "", "URL that receives every omission event as a JSON POST (retried)")
 	f.StringVar(&cfg.Ledger, "ledger", "sqlite", "durable ledger: sqlite (in DIR) or a postgres:// URL (shared by several control planes)")
 	cmd.MarkFlagRequired("data")
 	return cmd

@@ -23,6 +23,7 @@ import (
 
 	tallyv1 "github.com/tally-mesh/tally/api/tally/v1"
 	"github.com/tally-mesh/tally/internal/identity"
+	"github.com/tally-mesh/tally/internal/reconcile"
 )
 
 // meshServer implements the tally.v1.Mesh service.
@@ -371,6 +372,24 @@ func (s *Server) applyBatch(ctx context.Context, peerID spiffeid.ID, svc string,
 			s.m.duration.WithLabelValues(r.Source, r.Destination).Observe(r.Latency.Seconds())
 		}
 	}
+	s.publishApplied(a)
+	// Reconcile both sides' records in real time.
+	rrecs := make([]reconcile.Record, 0, len(recs))
+	for i, pr := range b.GetRecords() {
+		if accepted[i] {
+			rrecs = append(rrecs, toReconcile(pr, b.GetInstanceId()))
+		}
+	}
+	s.applyFindings(ctx, s.recon.AddBatch(rrecs, now))
+	if size, _, err := s.ledger.log.Head(ctx); err == nil {
+		s.m.ledgerSize.Set(float64(size))
+	}
+	return nil
+}
+
+// publishApplied updates metrics and tells the event stream about what
+// one Apply changed.
+func (s *Server) publishApplied(a Applied) {
 	for i, e := range a.Edges {
 		s.addEdgeMetrics(e, a.Deltas[i])
 		s.publish("edge", "", e)
@@ -381,14 +400,70 @@ func (s *Server) applyBatch(ctx context.Context, peerID spiffeid.ID, svc string,
 			s.m.auditGaps.Inc()
 		}
 		s.publish("omission", ev.ID, ev)
+		s.alerts.send(ev)
 	}
 	if a.Evicted > 0 {
 		s.m.evicted.Add(float64(a.Evicted))
 	}
-	if size, _, err := s.ledger.log.Head(ctx); err == nil {
-		s.m.ledgerSize.Set(float64(size))
+}
+
+func toReconcile(pr *tallyv1.Record, instance string) reconcile.Record {
+	r := reconcile.Record{
+		Kind: reconcile.RecordKind(pr.GetKind()), MessageID: strings.ToLower(pr.GetMessageId()), Seq: pr.GetSeq(),
+		Source: pr.GetSource(), Destination: pr.GetDestination(),
+		SourceIdentity: pr.GetSourceIdentity(), DestinationIdentity: pr.GetDestinationIdentity(),
+		Instance: instance, PeerInstance: pr.GetPeerInstanceId(), Reporter: pr.GetReporter(),
+		RequestDigest: pr.GetRequestDigest(), ResponseDigest: pr.GetResponseDigest(),
+		RequestBytes: pr.GetRequestBytes(), ResponseBytes: pr.GetResponseBytes(),
+		OmissionKind: pr.GetOmissionKind(), Detail: pr.GetDetail(),
 	}
-	return nil
+	if n := pr.GetAtUnixNano(); n > 0 {
+		r.At = time.Unix(0, n)
+	}
+	return r
+}
+
+// applyFindings turns the reconciler's findings into omission events: in
+// the store, on the event stream and the webhook, and in the ledger.
+func (s *Server) applyFindings(ctx context.Context, fs []reconcile.Finding) {
+	if len(fs) == 0 {
+		return
+	}
+	recs := make([]Record, len(fs))
+	for i, f := range fs {
+		recs[i] = Record{
+			Kind: tallyv1.RecordKind_RECORD_KIND_OMISSION, MessageID: f.MessageID, Seq: f.Seq,
+			Source: f.Source, Destination: f.Destination,
+			SourceIdentity: f.SourceIdentity, DestinationIdentity: f.DestinationIdentity,
+			At: f.DetectedAt, OmissionKind: f.Kind, Detail: f.Detail, Reporter: ReporterControl,
+		}
+	}
+	s.findingsMu.Lock()
+	s.findingSeq++
+	key := BatchKey{Service: ReporterControl, InstanceID: ReporterControl, Seq: s.findingSeq}
+	a := s.store.Apply(key, recs, time.Now())
+	s.findingsMu.Unlock()
+	s.publishApplied(a)
+	if err := s.ledger.appendFindings(ctx, a.Events); err != nil {
+		s.log.Error("storing the reconciler's findings in the ledger", "events", len(a.Events), "err", err)
+	}
+}
+
+const reconcileTick = 200 * time.Millisecond
+
+// reconcileLoop lets the reconciler find what time reveals (a message not
+// confirmed within the window, a sequence gap that stayed open).
+func (s *Server) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(reconcileTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.applyFindings(ctx, s.recon.Tick(now))
+		}
+	}
 }
 
 // validateRecord checks one record of a batch uploaded by peerID (service

@@ -27,6 +27,7 @@ import (
 	"github.com/tally-mesh/tally/internal/identity"
 	"github.com/tally-mesh/tally/internal/ledger"
 	"github.com/tally-mesh/tally/internal/observe"
+	"github.com/tally-mesh/tally/internal/reconcile"
 )
 
 // Defaults of Config.
@@ -79,6 +80,9 @@ type Config struct {
 	// Window is how long a sent message may stay unconfirmed. Zero:
 	// DefaultWindow.
 	Window time.Duration
+	// AlertWebhook, if set, receives every omission event as a JSON POST,
+	// retried with backoff (SPEC.md alerts.webhook). "" = none.
+	AlertWebhook string
 	// Ledger selects the durable ledger: "" or "sqlite" for SQLite in
 	// DataDir/ledger.db, or a postgres:// URL. Several control planes may
 	// share one PostgreSQL ledger: one holds the writer role, the others
@@ -106,6 +110,11 @@ type Server struct {
 	adminToken string
 	store      Store
 	ledger     *ledgerIngest
+	recon      *reconcile.Reconciler
+	alerts     *alerter
+
+	findingsMu sync.Mutex // guards findingSeq
+	findingSeq uint64
 	reg        *registry
 	events     observe.Bus[streamEvent]
 	m          *metrics
@@ -211,6 +220,15 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("control: opening the ledger: %w", err)
 	}
 	s.ledger = newLedgerIngest(lg, ca.Cert)
+	// After a restart, records of messages from before it arrive without
+	// their other half for a while: give the reconciler a warm-up then,
+	// but none on a fresh ledger.
+	warmup := time.Duration(0)
+	if size, _, err := lg.Head(context.Background()); err == nil && size == 0 {
+		warmup = -1
+	}
+	s.recon = reconcile.New(reconcile.Config{Window: cfg.Window, Warmup: warmup})
+	s.alerts = newAlerter(cfg.AlertWebhook, s.log, cfg.Registry)
 	s.m, err = newMetrics(cfg.Registry, s)
 	if err != nil {
 		return nil, fmt.Errorf("control: registering metrics: %w", err)
@@ -329,6 +347,8 @@ func (s *Server) Run(ctx context.Context) error {
 	ledgerCtx, stopLedger := context.WithCancel(context.WithoutCancel(ctx))
 	var lw sync.WaitGroup
 	lw.Go(func() { s.ledger.run(ledgerCtx, s) })
+	lw.Go(func() { s.reconcileLoop(ledgerCtx) })
+	lw.Go(func() { s.alerts.run(ledgerCtx) })
 	defer func() { stopLedger(); lw.Wait() }()
 	errc := make(chan error, 2)
 	wg.Go(func() {

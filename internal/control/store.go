@@ -70,6 +70,8 @@ type Record struct {
 const (
 	ReporterCaller = "caller"
 	ReporterCallee = "callee"
+	// ReporterControl marks the control plane's own findings (reconciler).
+	ReporterControl = "control"
 )
 
 // OmissionKinds are the omission kinds of SPEC.md, in its order.
@@ -386,7 +388,10 @@ func mapKeys(m map[uint64]struct{}) []uint64 {
 // whether this is the first caller report of it (which counts as omitted on
 // the edge) and how many old events were evicted.
 func (m *memStore) addEvent(r Record, now time.Time) (ev *Event, callerFirst bool, evicted int) {
-	caller := r.Reporter == ReporterCaller
+	// The control plane's findings stand in for the caller's side: an
+	// unconfirmed message is no longer in flight.
+	caller := r.Reporter == ReporterCaller || r.Reporter == ReporterControl
+	counts := r.Reporter == ReporterCaller || r.OmissionKind == "unconfirmed"
 	if r.MessageID != "" {
 		dk := dedupKey{r.MessageID, r.OmissionKind}
 		if id, ok := m.dedup[dk]; ok {
@@ -402,7 +407,7 @@ func (m *memStore) addEvent(r Record, now time.Time) (ev *Event, callerFirst boo
 			if r.Detail != "" {
 				s.Detail = truncate(s.Detail+"; "+r.Reporter+": "+r.Detail, maxDetail)
 			}
-			return nil, caller, 0
+			return nil, caller && counts, 0
 		}
 	}
 	at := r.At
@@ -445,7 +450,7 @@ func (m *memStore) addEvent(r Record, now time.Time) (ev *Event, callerFirst boo
 	if r.MessageID != "" {
 		m.dedup[dedupKey{r.MessageID, r.OmissionKind}] = id
 	}
-	return &s.Event, caller, evicted
+	return &s.Event, caller && counts, evicted
 }
 
 // slot returns the event with id, which must be held.
