@@ -62,6 +62,11 @@ func newProxyCmd() *cobra.Command {
 			if os.Getenv("GOGC") == "" {
 				debug.SetGCPercent(400)
 			}
+			if os.Getenv("GOMEMLIMIT") == "" {
+				// With GOGC at 400 the heap may grow five times its live
+				// size; a soft limit keeps the sidecar small all the same.
+				debug.SetMemoryLimit(28 << 20)
+			}
 			cfg.Logger = newLogger(cmd)
 			p, err := proxy.New(cfg)
 			if err != nil {

@@ -47,6 +47,7 @@ func NewClientConn(nc net.Conn, cfg ClientConfig) (*ClientConn, error) {
 		return nil, err
 	}
 	go cc.readLoop()
+	go c.flusher(c.closed)
 	return cc, nil
 }
 
@@ -137,7 +138,7 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	})
 	if err == nil {
-		err = c.bw.Flush()
+		c.scheduleFlush()
 	}
 	c.wmu.Unlock()
 	if err != nil {

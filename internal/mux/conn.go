@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -48,11 +49,15 @@ type conn struct {
 	nc net.Conn
 	rf *http2.Framer // read side, used only by the read loop
 
-	wmu  sync.Mutex // guards bw, wf, henc, hbuf
-	bw   *bufio.Writer
-	wf   *http2.Framer
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
+	wmu      sync.Mutex // guards bw, wf, henc, hbuf, flushDue
+	bw       *bufio.Writer
+	wf       *http2.Framer
+	henc     *hpack.Encoder
+	hbuf     bytes.Buffer
+	flushDue bool          // frames are buffered and the flusher is told
+	flushReq chan struct{} // wakes the flusher; capacity 1
+	closed   chan struct{} // closed by fail
+	closeOne sync.Once
 
 	mu          sync.Mutex // guards following
 	cond        *sync.Cond // flow control, stream slots, closure
@@ -77,6 +82,8 @@ func newConn(nc net.Conn, maxHeader int) *conn {
 		peerStreams: defaultMaxStreams,
 	}
 	c.cond = sync.NewCond(&c.mu)
+	c.flushReq = make(chan struct{}, 1)
+	c.closed = make(chan struct{})
 	c.bw = bufio.NewWriterSize(nc, 64<<10)
 	c.wf = http2.NewFramer(c.bw, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
@@ -117,6 +124,7 @@ func (c *conn) fail(err error) {
 	for _, s := range streams {
 		s.closeRecv(err)
 	}
+	c.closeOne.Do(func() { close(c.closed) })
 	c.nc.Close()
 }
 
@@ -159,19 +167,13 @@ func (c *conn) handleCommon(f http2.Frame) (bool, error) {
 		if err != nil {
 			return true, err
 		}
-		c.wmu.Lock()
-		c.wf.WriteSettingsAck()
-		err = c.bw.Flush()
-		c.wmu.Unlock()
+		err = c.writeFrames(func() error { return c.wf.WriteSettingsAck() })
 		return true, err
 	case *http2.PingFrame:
 		if f.IsAck() {
 			return true, nil
 		}
-		c.wmu.Lock()
-		c.wf.WritePing(true, f.Data)
-		err := c.bw.Flush()
-		c.wmu.Unlock()
+		err := c.writeFrames(func() error { return c.wf.WritePing(true, f.Data) })
 		return true, err
 	case *http2.WindowUpdateFrame:
 		c.mu.Lock()
@@ -235,7 +237,7 @@ func (c *conn) refund(s *stream, n int) {
 	if streamInc > 0 {
 		c.wf.WriteWindowUpdate(s.id, streamInc)
 	}
-	c.bw.Flush()
+	c.scheduleFlush()
 	c.wmu.Unlock()
 }
 
@@ -285,14 +287,63 @@ func (c *conn) writeData(s *stream, p []byte, end bool) error {
 	return nil
 }
 
-// writeFrames runs write under the write lock and flushes.
+// writeFrames runs write under the write lock; the frames go out with the
+// next flush (see flusher).
 func (c *conn) writeFrames(write func() error) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if err := c.Err(); err != nil {
+		return err
+	}
 	if err := write(); err != nil {
 		return err
 	}
-	return c.bw.Flush()
+	c.scheduleFlush()
+	return nil
+}
+
+// scheduleFlush asks the flusher to write out what is buffered; the caller
+// holds wmu.
+func (c *conn) scheduleFlush() {
+	if c.flushDue {
+		return
+	}
+	c.flushDue = true
+	select {
+	case c.flushReq <- struct{}{}:
+	default:
+	}
+}
+
+// flushNow writes out what is buffered, before a deliberate close.
+func (c *conn) flushNow() {
+	c.wmu.Lock()
+	c.flushDue = false
+	c.bw.Flush()
+	c.wmu.Unlock()
+}
+
+// flusher writes buffered frames to the connection. It first yields, so
+// that every stream ready to write now adds its frames: at load, many
+// streams' frames share one TLS record and one system call; idle, the
+// yield returns at once. A write error ends the connection.
+func (c *conn) flusher(done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			return
+		case <-c.flushReq:
+		}
+		runtime.Gosched()
+		c.wmu.Lock()
+		c.flushDue = false
+		err := c.bw.Flush()
+		c.wmu.Unlock()
+		if err != nil {
+			c.fail(fmt.Errorf("mux: writing: %w", err))
+			return
+		}
+	}
 }
 
 // writeHeaderBlock encodes fields and writes them as HEADERS (and

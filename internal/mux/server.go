@@ -92,6 +92,7 @@ func (sc *serverConn) serve(maxStreams uint32) error {
 	if err := c.writeSettings(maxStreams, int(c.rf.MaxHeaderListSize)); err != nil {
 		return err
 	}
+	go c.flusher(c.closed)
 	for {
 		f, err := c.rf.ReadFrame()
 		if err != nil {
@@ -507,6 +508,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	for _, sc := range conns {
+		sc.c.flushNow()
 		sc.c.fail(errShutdown)
 	}
 	return err

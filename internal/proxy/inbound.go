@@ -58,7 +58,7 @@ func (l *mtlsListener) acceptLoop() {
 			l.errc <- err
 			return
 		}
-		go l.handshake(tls.Server(newCoalescingConn(raw), cfg))
+		go l.handshake(tls.Server(raw, cfg))
 	}
 }
 

@@ -47,7 +47,6 @@ func newPool(a *agent) *pool {
 }
 
 // dialTLS connects to a peer sidecar: TCP, then TLS 1.3 with the SVID.
-// Writes under TLS are coalesced (coalescingConn).
 func (p *pool) dialTLS(ctx context.Context, addr string) (*tls.Conn, error) {
 	d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	raw, err := d.DialContext(ctx, "tcp", addr)
@@ -56,7 +55,7 @@ func (p *pool) dialTLS(ctx context.Context, addr string) (*tls.Conn, error) {
 	}
 	cfg := identity.MeshClientTLS(p.agent.source, p.agent.td)
 	cfg.NextProtos = []string{"h2"}
-	tc := tls.Client(newCoalescingConn(raw), cfg)
+	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("mTLS handshake with %s: %w", addr, err)
