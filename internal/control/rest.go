@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tally-mesh/tally/internal/identity"
+	"github.com/tally-mesh/tally/internal/ledger/ledgerhttp"
 	"github.com/tally-mesh/tally/internal/web"
 )
 
@@ -130,6 +131,7 @@ func (s *Server) handler() http.Handler {
 			return &httpError{status: http.StatusMethodNotAllowed, msg: fmt.Sprintf("method %s not allowed; allowed: %s", r.Method, allowed)}
 		}))
 	}
+	mux.Handle(ledgerhttp.PathPrefix, ledgerHandler(s.ledger.log, s.log))
 	mux.Handle("/api/", s.serve(func(w http.ResponseWriter, r *http.Request) error {
 		return &httpError{status: http.StatusNotFound, msg: fmt.Sprintf("no endpoint %s", r.URL.Path)}
 	}))
