@@ -283,4 +283,3 @@ func TestControlPlaneKilledUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d requests confirmed across a kill -9 of the control plane", ok.Load())
 }
-
