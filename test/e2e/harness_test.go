@@ -324,8 +324,13 @@ func (m *mesh) omissions(kind string) []omissionEvent {
 // kind for which match holds.
 func (m *mesh) waitOmission(kind string, match func(omissionEvent) bool) omissionEvent {
 	m.t.Helper()
+	return m.waitOmissionWithin(kind, 2*time.Second, match)
+}
+
+func (m *mesh) waitOmissionWithin(kind string, within time.Duration, match func(omissionEvent) bool) omissionEvent {
+	m.t.Helper()
 	var found omissionEvent
-	eventually(m.t, 2*time.Second, "omission event "+kind, func() error {
+	eventually(m.t, within, "omission event "+kind, func() error {
 		for _, ev := range m.omissions(kind) {
 			if match == nil || match(ev) {
 				found = ev
