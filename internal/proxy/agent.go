@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -310,6 +311,23 @@ func (a *agent) watch(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// After a reconnect (the control plane may have restarted and be
+	// rebuilding its registry from sidecars that re-register), endpoints
+	// are only added for a grace period, never removed: a restart of the
+	// control plane must not take endpoints away from the data path. At
+	// the end of the grace the latest snapshot applies exactly. An
+	// endpoint that is really gone fails at dial and is skipped, and an
+	// identity check guards against a reused address.
+	var graceEnd time.Time
+	if a.state.Load().version > 0 {
+		graceEnd = time.Now().Add(reregisterGrace)
+	}
+	var graceTimer *time.Timer
+	defer func() {
+		if graceTimer != nil {
+			graceTimer.Stop()
+		}
+	}()
 	for {
 		snap, err := stream.Recv()
 		if err != nil {
@@ -323,9 +341,40 @@ func (a *agent) watch(ctx context.Context) error {
 				}
 			}
 		}
-		a.state.Store(st)
+		if st.version == 0 {
+			st.version = 1 // zero means "no snapshot yet"
+		}
+		if time.Now().Before(graceEnd) {
+			exact := st
+			a.state.Store(mergeEndpoints(a.state.Load(), st))
+			if graceTimer != nil {
+				graceTimer.Stop()
+			}
+			graceTimer = time.AfterFunc(time.Until(graceEnd), func() { a.state.Store(exact) })
+		} else {
+			a.state.Store(st)
+		}
 		a.syncOne.Do(func() { close(a.synced) })
 	}
+}
+
+// reregisterGrace is how long after a reconnect endpoints are only added.
+const reregisterGrace = 5 * time.Second
+
+// mergeEndpoints returns next with the endpoints of prev it lacks added.
+func mergeEndpoints(prev, next *meshState) *meshState {
+	out := &meshState{version: next.version, faults: next.faults, endpoints: map[string][]endpoint{}}
+	for svc, eps := range next.endpoints {
+		out.endpoints[svc] = append([]endpoint(nil), eps...)
+	}
+	for svc, eps := range prev.endpoints {
+		for _, e := range eps {
+			if !slices.ContainsFunc(out.endpoints[svc], func(x endpoint) bool { return x.addr == e.addr }) {
+				out.endpoints[svc] = append(out.endpoints[svc], e)
+			}
+		}
+	}
+	return out
 }
 
 // endpoints returns the endpoints of service, rotated for round-robin: the
