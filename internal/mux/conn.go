@@ -447,6 +447,8 @@ func canonical(name string) string {
 // decodeFields splits a header block into pseudo-headers and a header map.
 func decodeFields(fields []hpack.HeaderField, pseudo func(name, value string) error) (http.Header, error) {
 	h := make(http.Header, len(fields))
+	// One backing array for the values: most fields occur once.
+	vals := make([]string, 0, len(fields))
 	for _, f := range fields {
 		if strings.HasPrefix(f.Name, ":") {
 			if pseudo == nil {
@@ -458,7 +460,12 @@ func decodeFields(fields []hpack.HeaderField, pseudo func(name, value string) er
 			continue
 		}
 		k := canonical(f.Name)
-		h[k] = append(h[k], f.Value)
+		if prev, ok := h[k]; ok {
+			h[k] = append(prev[:len(prev):len(prev)], f.Value)
+			continue
+		}
+		vals = append(vals, f.Value)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 	return h, nil
 }

@@ -223,7 +223,12 @@ func (p *Proxy) connect(ctx context.Context, e *edge) (*peerConn, error) {
 }
 
 func (p *Proxy) outboundRequest(r *http.Request, c *call) *http.Request {
-	out := r.Clone(r.Context())
+	// The incoming request is ours alone: reuse its header map instead of
+	// cloning it (r is not read again after this).
+	out := new(http.Request)
+	*out = *r
+	u := *r.URL
+	out.URL = &u
 	out.RequestURI = ""
 	out.URL.Scheme = "https"
 	out.URL.Host = c.edge.dest
