@@ -49,12 +49,16 @@ type auditVerifyConfig struct {
 	// Key pins the checkpoint verifier key: note verifier text, or a file
 	// holding it. Empty: trust the store's or the server's, and say so.
 	Key string
+	// CA pins the mesh CA certificate (a PEM file) that batch signers must
+	// chain to. Empty: DIR/ca.crt with Data (if it exists); with Control,
+	// the one the server serves (GET /api/v1/ledger/ca), and say so.
+	CA string
 }
 
 func newAuditVerifyCmd() *cobra.Command {
 	var cfg auditVerifyConfig
 	cmd := &cobra.Command{
-		Use:   "verify (--data DIR [--ledger postgres://...] | --control URL) [--key FILE|KEY]",
+		Use:   "verify (--data DIR [--ledger postgres://...] | --control URL) [--key FILE|KEY] [--ca FILE]",
 		Short: "Recompute the ledger and check its checkpoints, batch signatures and consistency",
 		Long: `Recompute the ledger and check it.
 
@@ -62,12 +66,16 @@ func newAuditVerifyCmd() *cobra.Command {
 every entry (leaf hash, encoding, order), the stored tree (node hashes, size,
 root), every published checkpoint (signature, root at its size, sequence) and
 every batch signature (against its certificate, and its chain against
-DIR/ca.crt at signing time when that file exists). --ledger postgres://...
-reads a PostgreSQL store instead of DIR/ledger.db.
+the mesh CA at signing time: --ca FILE, else DIR/ca.crt when that file
+exists). --ledger postgres://... reads a PostgreSQL store instead of
+DIR/ledger.db.
 
 --control URL reads the REST API: the entries up to the latest checkpoint,
-whose root it recomputes, and a consistency proof from that checkpoint to the
-latest one at the end. The API serves no batch signatures.
+whose root it recomputes, every batch signature of those entries (covering
+exactly its entries, against its certificate, and its chain against the mesh
+CA at signing time), and a consistency proof from that checkpoint to the
+latest one at the end. The CA is --ca FILE if given, else the one the server
+serves (GET /api/v1/ledger/ca), trusted as the key is, and said so on stderr.
 
 Exit 0: intact. Exit 1: a problem, named by the first bad entry. Exit 2:
 usage, or DIR or URL unreadable.`,
@@ -81,6 +89,7 @@ usage, or DIR or URL unreadable.`,
 	f.StringVar(&cfg.Ledger, "ledger", "", "ledger store: sqlite (in --data DIR, the default) or a postgres:// URL")
 	f.StringVar(&cfg.Control, "control", "", "control plane URL (its --http-addr): verify through the REST API")
 	f.StringVar(&cfg.Key, "key", "", "pin the checkpoint verifier key: note verifier key text, or a file holding it (default: trust the store's or server's)")
+	f.StringVar(&cfg.CA, "ca", "", "pin the mesh CA certificate (PEM file) batch signers must chain to (default: DIR/ca.crt with --data, the server's with --control)")
 	return cmd
 }
 
@@ -89,22 +98,41 @@ func auditVerify(ctx context.Context, stdout, stderr io.Writer, cfg auditVerifyC
 	if err != nil {
 		return err
 	}
+	var ca *x509.CertPool
+	if cfg.CA != "" {
+		if ca, err = readCAFile(cfg.CA); err != nil {
+			return err
+		}
+	}
 	switch {
 	case cfg.Control != "" && (cfg.Data != "" || cfg.Ledger != ""):
 		return errors.New("audit verify: give either --control URL or --data DIR / --ledger, not both")
 	case cfg.Control != "":
-		return auditVerifyControl(ctx, stdout, stderr, cfg.Control, pinned)
+		return auditVerifyControl(ctx, stdout, stderr, cfg, pinned, ca)
 	case cfg.Data == "" && !isPostgres(cfg.Ledger):
 		return errors.New("audit verify: give --data DIR (or --ledger postgres://...) or --control URL")
 	}
-	return auditVerifyStore(ctx, stdout, stderr, cfg, pinned)
+	return auditVerifyStore(ctx, stdout, stderr, cfg, pinned, ca)
+}
+
+// readCAFile reads --ca FILE: PEM with at least one certificate.
+func readCAFile(name string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("--ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("--ca %s: no PEM certificate", name)
+	}
+	return pool, nil
 }
 
 func isPostgres(s string) bool {
 	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
 }
 
-func auditVerifyStore(ctx context.Context, stdout, stderr io.Writer, cfg auditVerifyConfig, pinned string) error {
+func auditVerifyStore(ctx context.Context, stdout, stderr io.Writer, cfg auditVerifyConfig, pinned string, pinnedCA *x509.CertPool) error {
 	where := filepath.Join(cfg.Data, ledger.DBFile)
 	if isPostgres(cfg.Ledger) {
 		where = redactURL(cfg.Ledger)
@@ -131,7 +159,9 @@ func auditVerifyStore(ctx context.Context, stdout, stderr io.Writer, cfg auditVe
 		fmt.Fprintf(stderr, "tally audit: trusting the verifier key of %s (%s); pin one with --key\n", src, lg.VerifierKey())
 	}
 	caFile := ""
-	if cfg.Data != "" {
+	if pinnedCA != nil {
+		caFile, opts.Roots = cfg.CA, pinnedCA
+	} else if cfg.Data != "" {
 		caFile = filepath.Join(cfg.Data, identity.CACertFile)
 		pem, err := os.ReadFile(caFile)
 		switch {
@@ -153,7 +183,7 @@ func auditVerifyStore(ctx context.Context, stdout, stderr io.Writer, cfg auditVe
 	fmt.Fprintf(stdout, "ledger %s: intact\n", where)
 	printReport(stdout, rep)
 	fmt.Fprintf(stdout, "checkpoints checked: %d (signature, and root at their size; in sequence)\n", rep.Checkpoints)
-	chains := "certificates only: no " + identity.CACertFile + " in --data"
+	chains := "certificates only: no " + identity.CACertFile + " in --data, nor --ca"
 	if rep.ChainsChecked {
 		chains = "certificate chains against " + caFile
 	}
@@ -164,7 +194,8 @@ func auditVerifyStore(ctx context.Context, stdout, stderr io.Writer, cfg auditVe
 	return nil
 }
 
-func auditVerifyControl(ctx context.Context, stdout, stderr io.Writer, controlURL, pinned string) error {
+func auditVerifyControl(ctx context.Context, stdout, stderr io.Writer, cfg auditVerifyConfig, pinned string, pinnedCA *x509.CertPool) error {
+	controlURL := cfg.Control
 	c, err := auditClient(controlURL)
 	if err != nil {
 		return err
@@ -173,7 +204,14 @@ func auditVerifyControl(ctx context.Context, stdout, stderr io.Writer, controlUR
 	if err != nil {
 		return fmt.Errorf("audit verify: %w", err)
 	}
-	rep, err := c.Audit(ctx, ledgerhttp.AuditOptions{VerifierKey: key})
+	roots, chains := pinnedCA, "certificate chains against "+cfg.CA
+	if roots == nil {
+		if roots, err = serverCA(ctx, c, stderr); err != nil {
+			return fmt.Errorf("audit verify: %w", err)
+		}
+		chains = "certificate chains against the mesh CA the server serves"
+	}
+	rep, err := c.Audit(ctx, ledgerhttp.AuditOptions{VerifierKey: key, Roots: roots})
 	if errors.Is(err, ledger.ErrNoCheckpoint) {
 		fmt.Fprintf(stdout, "ledger at %s: no checkpoint published yet: nothing to verify\n", controlURL)
 		return nil
@@ -185,8 +223,22 @@ func auditVerifyControl(ctx context.Context, stdout, stderr io.Writer, controlUR
 	printReport(stdout, rep.Report)
 	fmt.Fprintf(stdout, "checkpoints checked: 2 (size %d: signature and root recomputed from its %d entries; size %d: signature and consistency proof from size %d)\n",
 		rep.First.Size, rep.Size, rep.Last.Size, rep.First.Size)
-	fmt.Fprintln(stdout, "batch signatures checked: 0 (the REST API does not serve them; run --data DIR on the control plane's host)")
+	fmt.Fprintf(stdout, "batch signatures checked: %d (%s)\n", rep.Batches, chains)
 	return nil
+}
+
+// serverCA returns a pool of the mesh CA the server serves, with a notice
+// on stderr that it is trusted.
+func serverCA(ctx context.Context, c *ledgerhttp.Client, stderr io.Writer) (*x509.CertPool, error) {
+	cert, err := c.CA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fp := identity.Fingerprint(cert)
+	fmt.Fprintf(stderr, "tally audit: trusting the mesh CA the server serves (%s, SHA-256 %x); pin one with --ca\n", cert.Subject, fp[:])
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return pool, nil
 }
 
 // auditError turns a verification error into the command's: a problem the

@@ -1,7 +1,9 @@
 package control
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -24,18 +26,25 @@ import (
 //	                                  ledgerhttp.MaxPage per answer
 //	GET proof/inclusion?index=&size=  ledgerhttp.InclusionProof
 //	GET proof/consistency?old=&new=   ledgerhttp.ConsistencyProof
+//	GET batches?start=&cursor=        ledgerhttp.BatchesPage: the batch signatures whose range
+//	                                  starts at or after start (default 0), in order, at most
+//	                                  ledgerhttp.MaxPage per answer
+//	GET ca                            text/plain, the mesh CA certificate (PEM) batch signers
+//	                                  chain to; 404 if ca is nil
 //
 // Sizes are checked against the stored tree size: entries start <= end <=
 // size (end defaults to it), inclusion index < size <= tree size,
 // consistency old <= new <= tree size; otherwise a 400 naming the
-// parameter. It serves what the store holds, as it is: it verifies nothing,
-// so that an auditor sees a tampered store as tampered. lg may be a
-// read-only Log (a control plane that is not the writer). log nil discards.
-func ledgerHandler(lg *ledger.Log, log *slog.Logger) http.Handler {
+// parameter. Batches' start is not (a batch stored beyond the tree is
+// served, for the auditor to see). It serves what the store holds, as it
+// is: it verifies nothing, so that an auditor sees a tampered store as
+// tampered. lg may be a read-only Log (a control plane that is not the
+// writer). log nil discards.
+func ledgerHandler(lg *ledger.Log, ca *x509.Certificate, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	a := &ledgerAPI{lg: lg, log: log}
+	a := &ledgerAPI{lg: lg, ca: ca, log: log}
 	mux := http.NewServeMux()
 	for path, h := range map[string]handlerFunc{
 		ledgerhttp.PathCheckpoint:  a.handleCheckpoint,
@@ -43,6 +52,8 @@ func ledgerHandler(lg *ledger.Log, log *slog.Logger) http.Handler {
 		ledgerhttp.PathEntries:     a.handleEntries,
 		ledgerhttp.PathInclusion:   a.handleInclusion,
 		ledgerhttp.PathConsistency: a.handleConsistency,
+		ledgerhttp.PathBatches:     a.handleBatches,
+		ledgerhttp.PathCA:          a.handleCA,
 	} {
 		mux.Handle("GET "+path, a.serve(h))
 		mux.Handle(path, a.serve(func(w http.ResponseWriter, r *http.Request) error {
@@ -58,6 +69,7 @@ func ledgerHandler(lg *ledger.Log, log *slog.Logger) http.Handler {
 
 type ledgerAPI struct {
 	lg  *ledger.Log
+	ca  *x509.Certificate // nil: none to serve
 	log *slog.Logger
 }
 
@@ -146,6 +158,36 @@ func (a *ledgerAPI) handleEntries(w http.ResponseWriter, r *http.Request) error 
 		out.Next = entriesCursor(end, q.end)
 	}
 	return writeLedgerJSON(w, http.StatusOK, out)
+}
+
+func (a *ledgerAPI) handleBatches(w http.ResponseWriter, r *http.Request) error {
+	q, err := parseBatchesQuery(r.URL.Query().Get)
+	if err != nil {
+		return badRequest("%s", err)
+	}
+	// One more than a page, to know whether another follows.
+	rows, err := a.lg.Batches(r.Context(), q.start, ledgerhttp.MaxPage+1)
+	if err != nil {
+		return err
+	}
+	out := ledgerhttp.BatchesPage{}
+	if len(rows) > ledgerhttp.MaxPage {
+		rows = rows[:ledgerhttp.MaxPage]
+		// A row follows the last, so its start is below maxLedgerIndex.
+		out.Next = batchesCursor(rows[len(rows)-1].Start + 1)
+	}
+	out.Items = make([]ledgerhttp.Batch, len(rows))
+	for i, b := range rows {
+		out.Items[i] = ledgerhttp.NewBatch(b)
+	}
+	return writeLedgerJSON(w, http.StatusOK, out)
+}
+
+func (a *ledgerAPI) handleCA(w http.ResponseWriter, r *http.Request) error {
+	if a.ca == nil {
+		return &httpError{status: http.StatusNotFound, msg: "this control plane has no mesh CA"}
+	}
+	return writeText(w, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Raw}))
 }
 
 func (a *ledgerAPI) handleInclusion(w http.ResponseWriter, r *http.Request) error {
@@ -284,6 +326,50 @@ func parseEntriesCursor(s string) (start, end uint64, err error) {
 		return 0, 0, bad
 	}
 	return start, end, nil
+}
+
+// batchesQuery is GET batches' first start.
+type batchesQuery struct{ start uint64 }
+
+// parseBatchesQuery parses GET batches' start (default 0) and cursor. A
+// cursor (the "next" of a previous page) carries the start and takes the
+// place of it. start is not bounded by the tree size.
+func parseBatchesQuery(get func(string) string) (batchesQuery, error) {
+	if c := get("cursor"); c != "" {
+		start, err := parseBatchesCursor(c)
+		if err != nil {
+			return batchesQuery{}, err
+		}
+		return batchesQuery{start: start}, nil
+	}
+	start, err := parseLedgerUint("start", get("start"), false, 0)
+	if err != nil {
+		return batchesQuery{}, err
+	}
+	return batchesQuery{start: start}, nil
+}
+
+// cursorLedgerBatches is the list of batch signatures' cursors (see
+// encodeCursor); its key is the next start, decimal.
+const cursorLedgerBatches = "lb"
+
+func batchesCursor(start uint64) string {
+	return encodeCursor(cursorLedgerBatches, strconv.FormatUint(start, 10))
+}
+
+// parseBatchesCursor returns the start a cursor of batchesCursor continues
+// from: a decimal up to maxLedgerIndex. A cursor has one spelling, the one
+// batchesCursor writes (base64 decoding alone would skip newlines).
+func parseBatchesCursor(s string) (uint64, error) {
+	key, err := parseCursor(s, cursorLedgerBatches)
+	if err != nil {
+		return 0, err
+	}
+	start, err := parseLedgerUint("cursor", key, true, 0)
+	if err != nil || batchesCursor(start) != s {
+		return 0, errors.New("cursor: malformed; pass the 'next' of the previous page")
+	}
+	return start, nil
 }
 
 // inclusionQuery is GET proof/inclusion's leaf index and tree size.

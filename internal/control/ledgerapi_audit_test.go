@@ -3,9 +3,12 @@ package control_test
 import (
 	"bufio"
 	"bytes"
+	"crypto/x509"
 	"database/sql"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -184,7 +187,8 @@ var (
 	copyEntry = execSQL("UPDATE entries SET data = (SELECT data FROM entries WHERE idx = 200), leaf_hash = (SELECT leaf_hash FROM entries WHERE idx = 200) WHERE idx = 150")
 )
 
-// serveDir serves DIR's ledger, opened read-only, through the ledger API.
+// serveDir serves DIR's ledger, opened read-only, and its mesh CA
+// (DIR/ca.crt) through the ledger API.
 func serveDir(t *testing.T, dir string) string {
 	t.Helper()
 	lg, err := ledger.Open(t.Context(), ledger.Config{Dir: dir, ReadOnly: true})
@@ -192,15 +196,33 @@ func serveDir(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lg.Close() })
-	return serveLog(t, lg)
+	return serveLog(t, lg, caCert(t, dir))
 }
 
-// serveLog serves lg through the ledger API, mounted as the control plane
-// mounts it.
-func serveLog(t *testing.T, lg *ledger.Log) string {
+// caCert returns the mesh CA certificate of DIR/ca.crt.
+func caCert(t *testing.T, dir string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, identity.CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s: no PEM", dir)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// serveLog serves lg and the mesh CA ca (nil: none) through the ledger
+// API, mounted as the control plane mounts it.
+func serveLog(t *testing.T, lg *ledger.Log, ca *x509.Certificate) string {
 	t.Helper()
 	mux := http.NewServeMux()
-	mux.Handle(ledgerhttp.PathPrefix, control.LedgerHandler(lg, slog.New(slog.NewTextHandler(t.Output(), nil))))
+	mux.Handle(ledgerhttp.PathPrefix, control.LedgerHandler(lg, ca, slog.New(slog.NewTextHandler(t.Output(), nil))))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv.URL
@@ -215,7 +237,7 @@ func outsideLedger(t *testing.T) (url string, grow func(n int)) {
 	for range 4 {
 		al.grow(t, 50)
 	}
-	return serveLog(t, al.lg), func(n int) { al.grow(t, n) }
+	return serveLog(t, al.lg, caCert(t, al.dir)), func(n int) { al.grow(t, n) }
 }
 
 // ---- running tally ----
@@ -304,7 +326,9 @@ func TestAuditVerifyData(t *testing.T) {
 	lg.Close()
 	keyFile := filepath.Join(t.TempDir(), "ledger.pub")
 	os.WriteFile(keyFile, []byte(key+"\n"), 0o644)
-	otherKey := newAuditLedger(t).lg.VerifierKey()
+	other := newAuditLedger(t)
+	otherKey := other.lg.VerifierKey()
+	caFile, otherCA := filepath.Join(al.dir, identity.CACertFile), filepath.Join(other.dir, identity.CACertFile)
 
 	for _, tc := range []struct {
 		name   string
@@ -321,6 +345,10 @@ func TestAuditVerifyData(t *testing.T) {
 		{name: "checkpoint byte", tamper: flipByte("checkpoints", "note", "seq = 4", 30), code: 1, msg: "ledger.db: checkpoint at size 150: signature does not verify"},
 		{name: "batch signature byte", tamper: flipByte("batches", "signature", "start_idx = 100", 20), code: 1, msg: "ledger.db: batch [100,150): signature does not verify"},
 		{name: "another key", args: []string{"--key", otherKey}, code: 1, msg: "checkpoint at size 0: signature does not verify"},
+		{name: "pinned CA", args: []string{"--key", key, "--ca", caFile}, code: 0},
+		{name: "another CA", args: []string{"--ca", otherCA}, code: 1, msg: "ledger.db: batch [0,50): signature does not verify: signer certificate at "},
+		{name: "no such CA file", args: []string{"--ca", filepath.Join(al.dir, "nope.crt")}, code: 2, msg: "--ca: open " + filepath.Join(al.dir, "nope.crt") + ": no such file or directory"},
+		{name: "CA file not PEM", args: []string{"--ca", keyFile}, code: 2, msg: "--ca " + keyFile + ": no PEM certificate"},
 		{name: "bad key", args: []string{"--key", "nonsense"}, code: 2, msg: `--key "nonsense": neither a verifier key nor a readable file`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -401,6 +429,9 @@ func TestAuditVerifyRunning(t *testing.T) {
 func TestAuditVerifyControl(t *testing.T) {
 	t.Parallel()
 	al := buildAuditLedger(t)
+	caFile := filepath.Join(al.dir, identity.CACertFile)
+	other := newAuditLedger(t)
+	otherCA := filepath.Join(other.dir, identity.CACertFile)
 
 	t.Run("intact", func(t *testing.T) {
 		url := serveDir(t, al.dir)
@@ -412,18 +443,32 @@ func TestAuditVerifyControl(t *testing.T) {
 			"ledger at " + url + ": intact\n",
 			"size 301, root ",
 			"checkpoints checked: 2 (size 301: signature and root recomputed from its 301 entries; size 301: ",
-			"batch signatures checked: 0 (the REST API does not serve them",
+			"batch signatures checked: 6 (certificate chains against the mesh CA the server serves)\n",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("stdout %q lacks %q", out, want)
 			}
 		}
-		oneLine(t, errOut, "tally audit: trusting the verifier key the server serves (tally/mesh.local/ledger+")
+		// Two lines: the key and the CA are trusted from the server.
+		fp := identity.Fingerprint(caCert(t, al.dir))
+		keyLine := lineWith(errOut, "verifier key")
+		oneLine(t, keyLine, "tally audit: trusting the verifier key the server serves (tally/mesh.local/ledger+")
+		oneLine(t, strings.TrimPrefix(errOut, keyLine), fmt.Sprintf("tally audit: trusting the mesh CA the server serves (CN=tally mesh CA, SHA-256 %x); pin one with --ca", fp[:]))
 	})
 
+	t.Run("pinned", func(t *testing.T) {
+		url := serveDir(t, al.dir)
+		code, out, errOut := tally(t, "audit", "verify", "--control", url, "--key", al.key(t), "--ca", caFile)
+		if code != 0 || errOut != "" || !strings.Contains(out, "batch signatures checked: 6 (certificate chains against "+caFile+")\n") {
+			t.Errorf("exit %d, stdout %s, stderr %s", code, out, errOut)
+		}
+	})
+
+	batchSig := flipByte("batches", "signature", "start_idx = 100", 20)
 	for _, tc := range []struct {
 		name   string
 		tamper tamper
+		args   []string // besides --key
 		msg    string
 	}{
 		{name: "entry byte", tamper: flipEntryByte, msg: ": entry 123: leaf hash does not match its data"},
@@ -431,18 +476,47 @@ func TestAuditVerifyControl(t *testing.T) {
 		{name: "rows swapped", tamper: swapRows, msg: ": entries 10 and 11 out of order"},
 		{name: "entry and leaf hash rewritten", tamper: copyEntry, msg: ": entries 150 and 151: their pair is not in the checkpointed tree of size 301"},
 		{name: "checkpoint byte", tamper: flipByte("checkpoints", "note", "seq = 8", 30), msg: ": checkpoint from "},
+		{name: "batch signature byte", tamper: batchSig, msg: ": batch [100,150): signature does not verify: ECDSA signature is invalid"},
+		{name: "batch signature byte, the server's CA", tamper: batchSig, args: []string{}, msg: ": batch [100,150): signature does not verify: ECDSA signature is invalid"},
+		{name: "batch root byte", tamper: flipByte("batches", "root", "start_idx = 50", 7), msg: ": batch [50,100): signature does not cover its entries"},
+		{name: "another CA", args: []string{"--ca", otherCA}, msg: ": batch [0,50): signature does not verify: signer certificate at "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := copyDir(t, al.dir)
-			tamperDir(t, dir, tc.tamper)
+			if tc.tamper != nil {
+				tamperDir(t, dir, tc.tamper)
+			}
 			url := serveDir(t, dir)
-			code, out, errOut := tally(t, "audit", "verify", "--control", url, "--key", al.key(t))
+			args := tc.args
+			if args == nil {
+				args = []string{"--ca", caFile}
+			}
+			code, out, errOut := tally(t, append([]string{"audit", "verify", "--control", url, "--key", al.key(t)}, args...)...)
 			if code != 1 {
 				t.Fatalf("exit %d, want 1; stdout %s, stderr %s", code, out, errOut)
 			}
-			oneLine(t, errOut, "tally: audit: "+url+tc.msg)
+			oneLine(t, strings.TrimPrefix(errOut, lineWith(errOut, "trusting the mesh CA")), "tally: audit: "+url+tc.msg)
 		})
 	}
+
+	t.Run("no CA served", func(t *testing.T) {
+		lg, err := ledger.Open(t.Context(), ledger.Config{Dir: al.dir, ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lg.Close()
+		url := serveLog(t, lg, nil)
+		code, _, errOut := tally(t, "audit", "verify", "--control", url, "--key", lg.VerifierKey())
+		if code != 2 {
+			t.Errorf("exit %d, want 2; stderr %s", code, errOut)
+		}
+		oneLine(t, errOut, "audit verify: GET "+url+"/api/v1/ledger/ca: 404 Not Found: this control plane has no mesh CA")
+		// Pinned, it needs none.
+		code, out, errOut := tally(t, "audit", "verify", "--control", url, "--key", lg.VerifierKey(), "--ca", caFile)
+		if code != 0 || !strings.Contains(out, "batch signatures checked: 6 ") {
+			t.Errorf("pinned: exit %d, stdout %s, stderr %s", code, out, errOut)
+		}
+	})
 }
 
 // key returns the verifier key of a closed auditLedger.
@@ -477,7 +551,7 @@ func TestAuditVerifyControlFork(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The first checkpoint and the entries come from a, the rest from b.
-	aURL, bURL := serveLog(t, a.lg), serveLog(t, b)
+	aURL, bURL := serveLog(t, a.lg, caCert(t, a.dir)), serveLog(t, b, caCert(t, a.dir))
 	var mu sync.Mutex
 	checkpoints := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -493,7 +567,7 @@ func TestAuditVerifyControlFork(t *testing.T) {
 		http.Redirect(w, r, to+r.URL.RequestURI(), http.StatusTemporaryRedirect)
 	}))
 	defer srv.Close()
-	code, out, errOut := tally(t, "audit", "verify", "--control", srv.URL, "--key", a.lg.VerifierKey())
+	code, out, errOut := tally(t, "audit", "verify", "--control", srv.URL, "--key", a.lg.VerifierKey(), "--ca", filepath.Join(a.dir, identity.CACertFile))
 	if code != 1 {
 		t.Fatalf("exit %d, want 1; stdout %s, stderr %s", code, out, errOut)
 	}
@@ -565,7 +639,7 @@ func TestAuditTail(t *testing.T) {
 	t.Parallel()
 	al := newAuditLedger(t)
 	al.grow(t, 50)
-	url := serveLog(t, al.lg)
+	url := serveLog(t, al.lg, nil)
 
 	indices := func(t *testing.T, out string) []uint64 {
 		t.Helper()

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"crypto/x509"
 	"log/slog"
 	"net/http"
 
@@ -8,4 +9,6 @@ import (
 )
 
 // LedgerHandler exports ledgerHandler to the tests of package control_test.
-func LedgerHandler(lg *ledger.Log, log *slog.Logger) http.Handler { return ledgerHandler(lg, log) }
+func LedgerHandler(lg *ledger.Log, ca *x509.Certificate, log *slog.Logger) http.Handler {
+	return ledgerHandler(lg, ca, log)
+}

@@ -1,16 +1,23 @@
 package control_test
 
 // The outside verifier: a program that knows only the ledger endpoints of
-// SPEC.md, net/http, encoding/json, golang.org/x/mod/sumdb/note and
+// SPEC.md, the standard library (net/http, encoding/json, crypto/x509,
+// crypto/ecdsa), golang.org/x/mod/sumdb/note and
 // github.com/transparency-dev/merkle, and no tally package, recomputes the
-// root from the leaves and verifies the checkpoints and every proof. This
+// root from the leaves and verifies the checkpoints, every proof and every
+// batch signature (GET batches, against GET ca). This
 // file must import no tally package (TestOutsideImports checks it); the
 // ledger it reads is set up by outsideLedger, in ledgerapi_audit_test.go.
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"go/parser"
 	"go/token"
@@ -19,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
@@ -170,6 +178,7 @@ func TestOutsideVerifier(t *testing.T) {
 	// Every leaf, page by page, into a compact range; the root at each
 	// checkpoint's size must be its root.
 	sample := map[uint64][]byte{} // leaf hashes of the sampled indices
+	var leafHashes [][]byte       // of every entry, for the batch signatures
 	sampled := func(i uint64) bool { return i < 3 || i%37 == 0 || i >= last.size-2 }
 	rf := &compact.RangeFactory{Hash: h.HashChildren}
 	rng := rf.NewEmptyRange(0)
@@ -220,6 +229,7 @@ func TestOutsideVerifier(t *testing.T) {
 			if sampled(e.Index) {
 				sample[e.Index] = lh
 			}
+			leafHashes = append(leafHashes, lh)
 			if err := rng.Append(lh, nil); err != nil {
 				t.Fatal(err)
 			}
@@ -264,7 +274,98 @@ func TestOutsideVerifier(t *testing.T) {
 			proofs++
 		}
 	}
-	t.Logf("%d entries in %d pages, %d checkpoints, %d proofs verified", last.size, pages, len(cps), proofs)
+	batches := o.batchSignatures(leafHashes)
+	if batches != 4+6 {
+		t.Errorf("%d batch signatures verified, want 10 (one per batch)", batches)
+	}
+	t.Logf("%d entries in %d pages, %d checkpoints, %d proofs, %d batch signatures verified", last.size, pages, len(cps), proofs, batches)
+}
+
+// outsideBatch is an item of GET batches.
+type outsideBatch struct {
+	Start      uint64   `json:"start"`
+	End        uint64   `json:"end"`
+	InstanceID string   `json:"instance_id"`
+	BatchSeq   uint64   `json:"batch_seq"`
+	SignedAt   string   `json:"signed_at"`
+	Root       string   `json:"root"`
+	Chain      []string `json:"chain"`
+	Signature  string   `json:"signature"`
+}
+
+// batchSignatures fetches the mesh CA and every batch signature, and
+// verifies each as docs/PROTOCOL.md and ledger.BatchStatement describe it:
+// its root is the RFC 6962 root of its leaves [start, end) taken as a tree
+// of their own, its ECDSA P-256 signature over the statement verifies with
+// its leaf certificate, which chains to the CA at signed_at. It returns how
+// many it verified.
+func (o *outside) batchSignatures(leafHashes [][]byte) int {
+	o.t.Helper()
+	ct, b := o.get("/api/v1/ledger/ca")
+	blk, _ := pem.Decode(b)
+	if !strings.HasPrefix(ct, "text/plain") || blk == nil || blk.Type != "CERTIFICATE" {
+		o.t.Fatalf("GET ca: %s %q", ct, b)
+	}
+	ca, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	h := rfc6962.DefaultHasher
+	rf := &compact.RangeFactory{Hash: h.HashChildren}
+	n := 0
+	for path := "/api/v1/ledger/batches"; ; {
+		var page struct {
+			Items []outsideBatch `json:"items"`
+			Next  string         `json:"next"`
+		}
+		o.getJSON(path, &page)
+		for _, it := range page.Items {
+			if it.Start >= it.End || it.End > uint64(len(leafHashes)) {
+				o.t.Fatalf("batch [%d,%d) of %d entries", it.Start, it.End, len(leafHashes))
+			}
+			r := rf.NewEmptyRange(0)
+			for _, lh := range leafHashes[it.Start:it.End] {
+				r.Append(lh, nil)
+			}
+			root, _ := r.GetRootHash(nil)
+			if !bytes.Equal(root, o.std("batch root", it.Root)) {
+				o.t.Fatalf("batch [%d,%d): the root of its leaves is not the one it signs", it.Start, it.End)
+			}
+			at, err := time.Parse(time.RFC3339Nano, it.SignedAt)
+			if err != nil || len(it.Chain) == 0 {
+				o.t.Fatalf("batch [%d,%d): signed_at %q (%v), %d certificates", it.Start, it.End, it.SignedAt, err, len(it.Chain))
+			}
+			// The statement: "tally-batch/v1\x00", len(instance) uint16,
+			// instance, batch_seq, signed_at unix ns, count (all uint64
+			// big-endian), root.
+			msg := []byte("tally-batch/v1\x00")
+			msg = binary.BigEndian.AppendUint16(msg, uint16(len(it.InstanceID)))
+			msg = append(msg, it.InstanceID...)
+			msg = binary.BigEndian.AppendUint64(msg, it.BatchSeq)
+			msg = binary.BigEndian.AppendUint64(msg, uint64(at.UnixNano()))
+			msg = binary.BigEndian.AppendUint64(msg, it.End-it.Start)
+			msg = append(msg, root...)
+			cert, err := x509.ParseCertificate(o.std("certificate", it.Chain[0]))
+			if err != nil {
+				o.t.Fatal(err)
+			}
+			pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
+			d := sha256.Sum256(msg)
+			if !ok || !ecdsa.VerifyASN1(pub, d[:], o.std("signature", it.Signature)) {
+				o.t.Fatalf("batch [%d,%d): the signature does not verify", it.Start, it.End)
+			}
+			if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+				o.t.Fatalf("batch [%d,%d): signer certificate: %v", it.Start, it.End, err)
+			}
+			n++
+		}
+		if page.Next == "" {
+			return n
+		}
+		path = "/api/v1/ledger/batches?cursor=" + page.Next
+	}
 }
 
 // TestOutsideImports checks that the outside verifier uses no tally

@@ -58,7 +58,7 @@ func newLedgerServerWrapped(t *testing.T, n, batch int, wrap func(*ledgerServer,
 	}
 	log := slog.New(slog.NewTextHandler(t.Output(), nil))
 	mux := http.NewServeMux()
-	mux.Handle(ledgerhttp.PathPrefix, ledgerHandler(ls.lg, log))
+	mux.Handle(ledgerhttp.PathPrefix, ledgerHandler(ls.lg, nil, log))
 	var h http.Handler = mux
 	if wrap != nil {
 		h = wrap(ls, h)
@@ -146,6 +146,9 @@ func TestLedgerAPIEmpty(t *testing.T) {
 		{name: "beyond", path: "entries?start=1", code: 400, body: `{"error":"start: must be <= the tree size (0)"}`},
 		{name: "inclusion in nothing", path: "proof/inclusion?index=0&size=0", code: 400, body: `{"error":"index: must be < size (0)"}`},
 		{name: "consistency of nothing", path: "proof/consistency?old=0&new=0", code: 200, body: `{"old":0,"new":0,"hashes":[]}`},
+		{name: "no batches", path: "batches", code: 200, body: `{"items":[],"next":""}`},
+		{name: "no batches beyond", path: "batches?start=7", code: 200, body: `{"items":[],"next":""}`},
+		{name: "no CA", path: "ca", code: 404, body: `{"error":"this control plane has no mesh CA"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, b := ls.get(t, "GET", ledgerhttp.PathPrefix+tc.path)

@@ -131,7 +131,7 @@ func (s *Server) handler() http.Handler {
 			return &httpError{status: http.StatusMethodNotAllowed, msg: fmt.Sprintf("method %s not allowed; allowed: %s", r.Method, allowed)}
 		}))
 	}
-	mux.Handle(ledgerhttp.PathPrefix, ledgerHandler(s.ledger.log, s.log))
+	mux.Handle(ledgerhttp.PathPrefix, ledgerHandler(s.ledger.log, s.ca.Cert, s.log))
 	mux.Handle("/api/", s.serve(func(w http.ResponseWriter, r *http.Request) error {
 		return &httpError{status: http.StatusNotFound, msg: fmt.Sprintf("no endpoint %s", r.URL.Path)}
 	}))

@@ -495,6 +495,16 @@ func (l *Log) Entries(ctx context.Context, start, end uint64) ([]StoredEntry, er
 	return es, nil
 }
 
+// Batches returns the stored batch signatures whose range starts at or
+// after start, in increasing start order, at most limit (the caller bounds
+// it), as stored: they are not verified (Verify does that).
+func (l *Log) Batches(ctx context.Context, start uint64, limit int) ([]StoredBatch, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	return l.r.batches(ctx, start, limit)
+}
+
 // InclusionProof returns the RFC 6962 inclusion proof of the leaf at index
 // in the tree of the given size (index < size <= the log's size), built from
 // stored node hashes (O(log size) lookups).

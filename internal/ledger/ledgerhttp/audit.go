@@ -3,6 +3,7 @@ package ledgerhttp
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -48,8 +49,14 @@ type AuditOptions struct {
 	// Required: whether to take the server's (Client.Key) or a pinned one
 	// is the caller's decision.
 	VerifierKey string
-	// PageSize is how many entries one request reads, 1 to MaxPage; 0
-	// means MaxPage.
+	// Roots is the mesh CA pool that batch signers' certificates must
+	// chain to at signing time (ledger.VerifyOptions.Roots): a pinned CA,
+	// or the one Client.CA serves if the caller trusts it. Nil: each batch
+	// signature is checked against its own certificate only
+	// (Report.ChainsChecked is false).
+	Roots *x509.CertPool
+	// PageSize is how many entries (and batch signatures) one request
+	// reads, 1 to MaxPage; 0 means MaxPage.
 	PageSize int
 }
 
@@ -67,17 +74,22 @@ type AuditReport struct {
 
 // Audit checks the served log against its checkpoints in bounded memory:
 // it fetches and verifies the latest checkpoint, streams the entries up to
-// its size through ledger.Verify (leaf hashes, decoding, indices without
-// gaps, the root recomputed with a compact range against the checkpoint's),
+// its size and the batch signatures of those entries (GET batches) through
+// ledger.Verify (leaf hashes, decoding, indices without gaps, the root
+// recomputed with a compact range against the checkpoint's; each batch
+// signature covering exactly its entries, verifying against its
+// certificate, the certificate chaining to opts.Roots at signing time),
 // then fetches the latest checkpoint again and verifies the consistency
-// proof between the two. When the recomputed root differs, it finds the
-// first entry that is not in the checkpointed tree, with consistency proofs
-// at each page and then inclusion proofs within the first bad page.
+// proof between the two. When the recomputed root differs, or a batch
+// signature does not hold, it looks for the first entry that is not in the
+// checkpointed tree, with consistency proofs at each page and then
+// inclusion proofs within the first bad page: entries that differ from the
+// signed log are named before the batch problem they cause.
 //
 // A problem is a *ledger.TamperError naming the first bad entry (or the
-// checkpoint); before the first checkpoint the error wraps
-// ledger.ErrNoCheckpoint; other errors are the server's or the network's.
-// Batch signatures are not checked: the API does not serve them.
+// checkpoint, or the batch: "batch [100,150): signature does not verify:
+// ..."); before the first checkpoint the error wraps ledger.ErrNoCheckpoint;
+// other errors are the server's or the network's.
 func (c *Client) Audit(ctx context.Context, opts AuditOptions) (AuditReport, error) {
 	page := opts.PageSize
 	if page <= 0 || page > MaxPage {
@@ -91,10 +103,12 @@ func (c *Client) Audit(ctx context.Context, opts AuditOptions) (AuditReport, err
 	if err != nil {
 		return AuditReport{}, err
 	}
-	rep, err := ledger.Verify(ctx, v, ledger.VerifyOptions{VerifierKey: opts.VerifierKey, PageSize: page})
+	rep, err := ledger.Verify(ctx, v, ledger.VerifyOptions{VerifierKey: opts.VerifierKey, Roots: opts.Roots, PageSize: page})
 	var te *ledger.TamperError
-	if errors.As(err, &te) && te.Index == first.Size && first.Size > 0 {
-		// The entries hash to another root: find the first that differs.
+	if errors.As(err, &te) && first.Size > 0 && (te.Index == first.Size || isBatchProblem(te)) {
+		// The entries hash to another root, or a batch signature fails,
+		// which entries rewritten under it cause too: find the first entry
+		// that differs from the signed log, if one does.
 		if lerr := c.locate(ctx, first, page); lerr != nil {
 			err = lerr
 		}
@@ -109,6 +123,10 @@ func (c *Client) Audit(ctx context.Context, opts AuditOptions) (AuditReport, err
 	out := AuditReport{Report: rep, First: first, Last: last}
 	return out, c.CheckConsistent(ctx, first, last)
 }
+
+// isBatchProblem reports whether te is about a batch signature (ledger.Verify
+// names it "batch [start,end): ...").
+func isBatchProblem(te *ledger.TamperError) bool { return strings.HasPrefix(te.Msg, "batch [") }
 
 // CheckConsistent checks, with the server's consistency proof, that the
 // tree of checkpoint b extends the tree of checkpoint a (both verified

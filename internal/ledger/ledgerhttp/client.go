@@ -3,7 +3,9 @@ package ledgerhttp
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -269,10 +271,88 @@ func (c *Client) ReadCheckpoints(ctx context.Context, from uint64, limit int) ([
 	return []ledger.StoredCheckpoint{{Seq: 1, Size: size, Note: signed}}, nil
 }
 
-// ReadBatches implements ledger.Source: none, since the REST API does not
-// serve batch signatures.
-func (c *Client) ReadBatches(context.Context, uint64, int) ([]ledger.StoredBatch, error) {
-	return nil, nil
+// ReadBatches implements ledger.Source: one page of GET batches from start
+// (batch signatures whose range starts at or after start), at most limit
+// (and MaxPage).
+func (c *Client) ReadBatches(ctx context.Context, start uint64, limit int) ([]ledger.StoredBatch, error) {
+	if limit < 1 {
+		return nil, nil
+	}
+	bs, _, err := c.batchPage(ctx, url.Values{"start": {strconv.FormatUint(start, 10)}}, start)
+	if err != nil {
+		return nil, err
+	}
+	return bs[:min(len(bs), limit)], nil
+}
+
+// Batches returns every batch signature whose range starts at or after
+// start, following cursors, in increasing start order, as served: not
+// verified (ledger.Verify over a Client or View does that, against the
+// entries). They are all in memory (a few hundred bytes each).
+func (c *Client) Batches(ctx context.Context, start uint64) ([]ledger.StoredBatch, error) {
+	q := url.Values{"start": {strconv.FormatUint(start, 10)}}
+	var out []ledger.StoredBatch
+	for {
+		page, next, err := c.batchPage(ctx, q, start)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page...)
+		if next == "" {
+			return out, nil
+		}
+		if next == q.Get("cursor") || len(page) == 0 {
+			return nil, fmt.Errorf("GET %s: the cursor does not advance", c.URL(PathBatches, q))
+		}
+		start = page[len(page)-1].Start + 1
+		q = url.Values{"cursor": {next}}
+	}
+}
+
+// batchPage fetches one page of GET batches with the query q and decodes
+// it; every item must start at or after start, after the one before it.
+func (c *Client) batchPage(ctx context.Context, q url.Values, start uint64) ([]ledger.StoredBatch, string, error) {
+	u := c.URL(PathBatches, q)
+	var p BatchesPage
+	if err := c.getJSON(ctx, u, &p); err != nil {
+		return nil, "", err
+	}
+	out := make([]ledger.StoredBatch, len(p.Items))
+	for i, it := range p.Items {
+		b, err := it.Stored()
+		if err != nil {
+			return nil, "", fmt.Errorf("GET %s: %w", u, err)
+		}
+		if b.Start < start {
+			return nil, "", fmt.Errorf("GET %s: batch [%d,%d) out of order (want a start of at least %d)", u, b.Start, b.End, start)
+		}
+		out[i], start = b, b.Start+1
+	}
+	return out, p.Next, nil
+}
+
+// CA returns the mesh CA certificate the server serves (GET ca), as
+// served: whether to trust it is the caller's decision.
+func (c *Client) CA(ctx context.Context) (*x509.Certificate, error) {
+	u := c.URL(PathCA, nil)
+	b, err := c.get(ctx, u)
+	if err != nil {
+		return nil, err
+	}
+	for rest := b; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			return nil, fmt.Errorf("GET %s: no PEM certificate", u)
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("GET %s: %w", u, err)
+		}
+		return cert, nil
+	}
 }
 
 // View is a ledger.Source of the log as one signed checkpoint saw it: the
@@ -315,9 +395,25 @@ func (v *View) ReadCheckpoints(_ context.Context, from uint64, limit int) ([]led
 	return []ledger.StoredCheckpoint{{Seq: 1, Size: v.size, Note: v.note}}, nil
 }
 
-// ReadBatches implements ledger.Source: none (see Client.ReadBatches).
-func (v *View) ReadBatches(context.Context, uint64, int) ([]ledger.StoredBatch, error) {
-	return nil, nil
+// ReadBatches implements ledger.Source: the batch signatures of
+// Client.ReadBatches whose range starts before Size. Those that start at or
+// after it were appended after the checkpoint; one that starts before and
+// ends after it is kept (no append straddles a checkpoint, so Verify
+// reports it as beyond the log).
+func (v *View) ReadBatches(ctx context.Context, start uint64, limit int) ([]ledger.StoredBatch, error) {
+	if start >= v.size {
+		return nil, nil
+	}
+	bs, err := v.c.ReadBatches(ctx, start, limit)
+	if err != nil {
+		return nil, err
+	}
+	for i, b := range bs {
+		if b.Start >= v.size {
+			return bs[:i], nil
+		}
+	}
+	return bs, nil
 }
 
 // checkpointSize parses the size of a signed checkpoint's body without

@@ -132,7 +132,10 @@ func TestViewBounds(t *testing.T) {
 	if cps, _ := v.ReadCheckpoints(t.Context(), 2, 10); cps != nil {
 		t.Errorf("ReadCheckpoints(2): got %v", cps)
 	}
-	if bs, err := v.ReadBatches(t.Context(), 0, 10); bs != nil || err != nil {
-		t.Errorf("ReadBatches: got %v, %v", bs, err)
+	if bs, err := v.ReadBatches(t.Context(), 12, 10); bs != nil || err != nil {
+		t.Errorf("ReadBatches at the size: got %v, %v", bs, err)
+	}
+	if bs, err := v.ReadBatches(t.Context(), 0, 10); bs != nil || err == nil {
+		t.Errorf("ReadBatches(0) of nothing: got %v, %v; want an error", bs, err)
 	}
 }

@@ -4,24 +4,28 @@
 //
 //	c := ledgerhttp.NewClient("http://127.0.0.1:7401", nil)
 //	key, err := c.Key(ctx)
+//	ca, err := c.CA(ctx)                      // or a pinned one
 //	signed, err := c.Checkpoint(ctx)          // ledger.ErrNoCheckpoint before the first
 //	view, err := c.View(signed)               // a ledger.Source of the checkpointed tree
-//	report, err := ledger.Verify(ctx, view, ledger.VerifyOptions{VerifierKey: key})
+//	report, err := ledger.Verify(ctx, view, ledger.VerifyOptions{VerifierKey: key, Roots: pool})
 //
 // A Client is a ledger.Source itself (the log as the server has it now,
 // growing); a View is one fixed at a checkpoint, which is what a verifier
-// wants. Neither serves batch signatures: the REST API does not publish
-// them, so a Verify over HTTP checks the tree and the checkpoint, and
-// Report.Batches stays 0.
+// wants. Both serve the batch signatures (GET batches) beside the entries,
+// so a Verify over HTTP checks the tree, the checkpoint and every batch
+// signature of the entries it reads; a View leaves out the batches appended
+// after its checkpoint.
 //
 // Client.Audit does that whole round for `tally audit verify --control`:
-// the entries up to the latest checkpoint through ledger.Verify (a compact
-// range, bounded memory), then a consistency proof to the checkpoint seen at
-// the end; Client.ProveInclusion is `tally audit proof`. Neither trusts the
-// server beyond the verifier key it is given: what the server sends is only
-// decoded here and checked against signed roots (ledger.OpenCheckpoint,
-// github.com/transparency-dev/merkle/proof); a problem is a
-// *ledger.TamperError naming the first bad entry.
+// the entries up to the latest checkpoint and their batch signatures
+// through ledger.Verify (a compact range, bounded memory), then a
+// consistency proof to the checkpoint seen at the end;
+// Client.ProveInclusion is `tally audit proof`. Neither trusts the server
+// beyond the verifier key and the CA pool it is given: what the server
+// sends is only decoded here and checked against signed roots
+// (ledger.OpenCheckpoint, github.com/transparency-dev/merkle/proof) and
+// signatures; a problem is a *ledger.TamperError naming the first bad
+// entry.
 //
 // # Concurrency
 //

@@ -19,6 +19,8 @@ import (
 //	entries?start=&end=&cursor=     EntriesPage of [start, end); end defaults to the tree size
 //	proof/inclusion?index=&size=    InclusionProof
 //	proof/consistency?old=&new=     ConsistencyProof
+//	batches?start=&cursor=          BatchesPage: the batch signatures whose range starts at or after start
+//	ca                              text/plain: the mesh CA certificate, PEM
 const (
 	PathPrefix      = "/api/v1/ledger/"
 	PathCheckpoint  = PathPrefix + "checkpoint"
@@ -26,10 +28,13 @@ const (
 	PathEntries     = PathPrefix + "entries"
 	PathInclusion   = PathPrefix + "proof/inclusion"
 	PathConsistency = PathPrefix + "proof/consistency"
+	PathBatches     = PathPrefix + "batches"
+	PathCA          = PathPrefix + "ca"
 )
 
-// MaxPage is the most entries one answer of GET entries holds; when more of
-// [start, end) remain, its Next is a cursor for the rest.
+// MaxPage is the most entries (or batch signatures) one answer of GET
+// entries (or GET batches) holds; when more remain, its Next is a cursor
+// for the rest.
 const MaxPage = 1000
 
 // Entry is one item of GET entries. Data is the exact leaf (its RFC 6962
@@ -73,6 +78,74 @@ func (e Entry) Stored() ledger.StoredEntry {
 // ?cursor= for the next page (it carries start and end).
 type EntriesPage struct {
 	Items []Entry `json:"items"`
+	Next  string  `json:"next"`
+}
+
+// Batch is one item of GET batches: a sidecar's batch signature
+// (ledger.BatchSignature) as stored, and the log range [Start, End) of the
+// leaves it covers. The signed statement (ledger.BatchStatement) is
+// InstanceID, BatchSeq, SignedAt, the count End-Start and Root; Chain is the
+// signer's certificate chain (DER, leaf first) and Signature the ECDSA
+// P-256 signature (ASN.1 DER) over the statement's Message. Root, Chain and
+// Signature travel as standard base64; SignedAt as RFC 3339 with
+// nanoseconds (UTC), exact to the nanosecond the statement signs.
+type Batch struct {
+	Start      uint64    `json:"start"`
+	End        uint64    `json:"end"`
+	InstanceID string    `json:"instance_id"`
+	BatchSeq   uint64    `json:"batch_seq"`
+	SignedAt   time.Time `json:"signed_at"`
+	Root       []byte    `json:"root"`
+	Chain      [][]byte  `json:"chain"`
+	Signature  []byte    `json:"signature"`
+}
+
+// NewBatch is the API item of a stored batch signature.
+func NewBatch(b ledger.StoredBatch) Batch {
+	s := &b.Signature
+	out := Batch{
+		Start: b.Start, End: b.End,
+		InstanceID: s.InstanceID, BatchSeq: s.BatchSeq, SignedAt: s.SignedAt.UTC(),
+		Root: s.Root[:], Chain: s.Chain, Signature: s.Signature,
+	}
+	if out.Chain == nil {
+		out.Chain = [][]byte{}
+	}
+	if out.Signature == nil {
+		out.Signature = []byte{}
+	}
+	return out
+}
+
+// Stored is the batch signature as a ledger.Source returns it (Count is
+// End-Start). It fails if the item cannot be one: a root that is not 32
+// bytes, End before Start, or a time beyond int64 unix nanoseconds.
+func (b Batch) Stored() (ledger.StoredBatch, error) {
+	if len(b.Root) != 32 {
+		return ledger.StoredBatch{}, fmt.Errorf("batch [%d,%d): root has %d bytes, want 32", b.Start, b.End, len(b.Root))
+	}
+	if b.End < b.Start {
+		return ledger.StoredBatch{}, fmt.Errorf("batch [%d,%d): ends before it starts", b.Start, b.End)
+	}
+	if b.SignedAt.Before(minTime) || b.SignedAt.After(maxTime) {
+		return ledger.StoredBatch{}, fmt.Errorf("batch [%d,%d): signed_at %s: out of the range of unix nanoseconds",
+			b.Start, b.End, b.SignedAt.Format(time.RFC3339Nano))
+	}
+	return ledger.StoredBatch{Start: b.Start, End: b.End, Signature: ledger.BatchSignature{
+		BatchStatement: ledger.BatchStatement{
+			InstanceID: b.InstanceID, BatchSeq: b.BatchSeq, SignedAt: time.Unix(0, b.SignedAt.UnixNano()),
+			Count: b.End - b.Start, Root: [32]byte(b.Root),
+		},
+		Chain:     b.Chain,
+		Signature: b.Signature,
+	}}, nil
+}
+
+// BatchesPage is the answer of GET batches: {"items": [...], "next": ""},
+// in increasing Start order, at most MaxPage items. Next is empty on the
+// last page, else an opaque cursor: pass it as ?cursor= for the next page.
+type BatchesPage struct {
+	Items []Batch `json:"items"`
 	Next  string  `json:"next"`
 }
 
