@@ -65,7 +65,7 @@ func newProxyCmd() *cobra.Command {
 			if os.Getenv("GOMEMLIMIT") == "" {
 				// With GOGC at 400 the heap may grow five times its live
 				// size; a soft limit keeps the sidecar small all the same.
-				debug.SetMemoryLimit(28 << 20)
+				debug.SetMemoryLimit(20 << 20)
 			}
 			cfg.Logger = newLogger(cmd)
 			p, err := proxy.New(cfg)
