@@ -290,25 +290,7 @@ func (cc *ClientConn) readLoop() {
 		case *http2.MetaHeadersFrame:
 			err = cc.onHeaders(f)
 		case *http2.DataFrame:
-			c.mu.Lock()
-			s := c.streams[f.StreamID]
-			c.mu.Unlock()
-			if s == nil {
-				c.refund(nil, int(f.Length))
-				continue
-			}
-			if data := f.Data(); len(data) > 0 && !s.deliver(data) {
-				c.writeReset(s.id, http2.ErrCodeFlowControl)
-				c.resetStream(s, StreamError{http2.ErrCodeFlowControl})
-				continue
-			}
-			if pad := int(f.Length) - len(f.Data()); pad > 0 {
-				c.refund(s, pad)
-			}
-			if f.StreamEnded() {
-				c.markDone(s, false, true)
-				s.closeRecv(io.EOF)
-			}
+			c.onData(f)
 		case *http2.RSTStreamFrame:
 			c.mu.Lock()
 			s := c.streams[f.StreamID]

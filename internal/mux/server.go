@@ -115,41 +115,15 @@ func (sc *serverConn) serve(maxStreams uint32) error {
 				return err
 			}
 		case *http2.DataFrame:
-			c.mu.Lock()
-			st := c.streams[f.StreamID]
-			c.mu.Unlock()
-			if st == nil {
-				c.refund(nil, int(f.Length))
-				continue
-			}
-			if data := f.Data(); len(data) > 0 && !st.deliver(data) {
-				c.writeReset(st.id, http2.ErrCodeFlowControl)
-				sc.reset(st, StreamError{http2.ErrCodeFlowControl})
-				continue
-			}
-			if pad := int(f.Length) - len(f.Data()); pad > 0 {
-				c.refund(st, pad)
-			}
-			if f.StreamEnded() {
-				c.markDone(st, false, true)
-				st.closeRecv(io.EOF)
-			}
+			c.onData(f)
 		case *http2.RSTStreamFrame:
 			c.mu.Lock()
 			st := c.streams[f.StreamID]
 			c.mu.Unlock()
 			if st != nil {
-				sc.reset(st, StreamError{f.ErrCode})
+				sc.c.resetStream(st, StreamError{f.ErrCode})
 			}
 		}
-	}
-}
-
-// reset ends a stream in both directions and cancels its handler's context.
-func (sc *serverConn) reset(st *stream, err error) {
-	sc.c.resetStream(st, err)
-	if st.cancel != nil {
-		st.cancel()
 	}
 }
 
@@ -163,7 +137,7 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame, maxStreams uint32) er
 		tr, err := decodeFields(f.Fields, nil)
 		if err != nil || !f.StreamEnded() {
 			c.writeReset(st.id, http2.ErrCodeProtocol)
-			sc.reset(st, StreamError{http2.ErrCodeProtocol})
+			sc.c.resetStream(st, StreamError{http2.ErrCodeProtocol})
 			return nil
 		}
 		st.setTrailer(tr)
@@ -307,7 +281,7 @@ func (sc *serverConn) runHandler(st *stream, req *http.Request) {
 			// http.ErrAbortHandler, or a bug: either way the stream must
 			// not look complete.
 			sc.c.writeReset(st.id, http2.ErrCodeInternal)
-			sc.reset(st, errors.New("mux: handler aborted"))
+			sc.c.resetStream(st, errors.New("mux: handler aborted"))
 			if e != http.ErrAbortHandler {
 				panic(e)
 			}

@@ -4,6 +4,8 @@ import (
 	"io"
 	"net/http"
 	"sync"
+
+	"golang.org/x/net/http2"
 )
 
 // stream is one HTTP/2 stream. Its receive side is a pipe from the read
@@ -157,4 +159,30 @@ func (c *conn) resetStream(s *stream, err error) {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	s.closeRecv(err)
+	if s.cancel != nil {
+		s.cancel() // a server stream's handler stops waiting
+	}
+}
+
+// onData takes a DATA frame from the read loop (either role).
+func (c *conn) onData(f *http2.DataFrame) {
+	c.mu.Lock()
+	s := c.streams[f.StreamID]
+	c.mu.Unlock()
+	if s == nil {
+		c.refund(nil, int(f.Length)) // a stream already gone
+		return
+	}
+	if data := f.Data(); len(data) > 0 && !s.deliver(data) {
+		c.writeReset(s.id, http2.ErrCodeFlowControl)
+		c.resetStream(s, StreamError{http2.ErrCodeFlowControl})
+		return
+	}
+	if pad := int(f.Length) - len(f.Data()); pad > 0 {
+		c.refund(s, pad)
+	}
+	if f.StreamEnded() {
+		c.markDone(s, false, true)
+		s.closeRecv(io.EOF)
+	}
 }
