@@ -241,10 +241,20 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame, maxStreams uint32) er
 			req.Trailer[k] = v
 		}
 	}
+	// A handler is counted under srv.mu, where Shutdown sets shutdown
+	// before it waits: no Add can race with that Wait.
+	sc.srv.mu.Lock()
+	if sc.srv.shutdown {
+		sc.srv.mu.Unlock()
+		c.writeReset(st.id, http2.ErrCodeRefusedStream)
+		c.resetStream(st, errShutdown)
+		return nil
+	}
+	sc.srv.active.Add(1)
+	sc.srv.mu.Unlock()
 	ctx, cancel := context.WithCancel(sc.ctx)
 	st.cancel = cancel
 	req = req.WithContext(ctx)
-	sc.srv.active.Add(1)
 	go sc.runHandler(st, req)
 	return nil
 }
