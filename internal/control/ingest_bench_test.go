@@ -139,13 +139,39 @@ func benchIngest(b *testing.B, store string) {
 	// database's pages.
 	send(next())
 
+	// Then as a real sidecar does: batches go out as they are cut, without
+	// waiting for the acks of the earlier ones (up to inFlight), so the
+	// control plane can commit several in one transaction.
+	const inFlight = 8
+	acks := make(chan error, 1)
+	sent := make(chan uint64, inFlight)
+	go func() {
+		for want := range sent {
+			ack, err := stream.Recv()
+			if err == nil && ack.GetBatchSeq() != want {
+				err = fmt.Errorf("ack for batch %d, want %d", ack.GetBatchSeq(), want)
+			}
+			if err != nil {
+				acks <- err
+				return
+			}
+		}
+		acks <- nil
+	}()
 	var records, leaves int
 	start := time.Now()
 	for b.Loop() {
 		bt := next()
-		send(bt)
+		sent <- bt.GetBatchSeq()
+		if err := stream.Send(bt); err != nil {
+			b.Fatalf("Send batch %d: %v", bt.GetBatchSeq(), err)
+		}
 		records += len(bt.GetRecords())
 		leaves += len(bt.GetRecords()) / 2
+	}
+	close(sent)
+	if err := <-acks; err != nil {
+		b.Fatal(err)
 	}
 	el := time.Since(start).Seconds()
 	b.ReportMetric(float64(records)/el, "records/s")

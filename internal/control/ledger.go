@@ -52,12 +52,14 @@ func newLedgerIngest(lg *ledger.Log, ca *x509.Certificate) *ledgerIngest {
 // holds the ledger; what it uploads stays in its buffer.
 var errNotWriter = status.Error(codes.Unavailable, "this control plane is a reader: another one holds the ledger writer lock")
 
-// append stores the leaves of b's accepted records (accepted[i] for record
-// i) and reports whether they were new. The signature is kept only if it
-// verifies and covers exactly the stored leaves.
-func (li *ledgerIngest) append(ctx context.Context, peerID spiffeid.ID, b *tallyv1.RecordBatch, accepted []bool) (stored int, note string, err error) {
+// prepare works out what batch b adds to the ledger: the leaves of its
+// accepted records (accepted[i] for record i) and the sidecar's signature,
+// kept only if it verifies and covers exactly those leaves. It returns a
+// nil batch when there is nothing to append (no leaves, or appended before
+// a restart). Nothing is written: commit appends prepared batches together.
+func (li *ledgerIngest) prepare(ctx context.Context, peerID spiffeid.ID, b *tallyv1.RecordBatch, accepted []bool) (lb *ledger.Batch, note string, err error) {
 	if !li.writer.Load() {
-		return 0, "", errNotWriter
+		return nil, "", errNotWriter
 	}
 	inst := b.GetInstanceId()
 	li.mu.Lock()
@@ -65,11 +67,16 @@ func (li *ledgerIngest) append(ctx context.Context, peerID spiffeid.ID, b *tally
 	li.mu.Unlock()
 	if !known {
 		if last, err = li.log.LastBatchSeq(ctx, inst); err != nil {
-			return 0, "", status.Errorf(codes.Unavailable, "ledger: %v", err)
+			return nil, "", status.Errorf(codes.Unavailable, "ledger: %v", err)
 		}
+		li.mu.Lock()
+		if cur, ok := li.lastSeq[inst]; !ok || cur < last {
+			li.lastSeq[inst] = last
+		}
+		li.mu.Unlock()
 	}
 	if b.GetBatchSeq() <= last {
-		return 0, "", nil // appended before a restart: not again
+		return nil, "", nil // appended before a restart: not again
 	}
 	all, from := ledger.BatchEntries(b)
 	var entries []ledger.Entry
@@ -79,7 +86,7 @@ func (li *ledgerIngest) append(ctx context.Context, peerID spiffeid.ID, b *tally
 		}
 	}
 	if len(entries) == 0 {
-		return 0, "", nil
+		return nil, "", nil
 	}
 	sig, serr := ledger.SignatureFromProto(b)
 	switch {
@@ -94,7 +101,7 @@ func (li *ledgerIngest) append(ctx context.Context, peerID spiffeid.ID, b *tally
 	default:
 		leaves, err := ledger.EncodeAll(entries)
 		if err != nil {
-			return 0, "", status.Errorf(codes.InvalidArgument, "batch %d: %v", b.GetBatchSeq(), err)
+			return nil, "", status.Errorf(codes.InvalidArgument, "batch %d: %v", b.GetBatchSeq(), err)
 		}
 		cert, verr := ledger.VerifyBatchSignature(sig, leaves, li.roots)
 		if verr == nil {
@@ -107,19 +114,30 @@ func (li *ledgerIngest) append(ctx context.Context, peerID spiffeid.ID, b *tally
 			sig = nil
 		}
 	}
-	if _, err := li.log.Append(ctx, ledger.Batch{Entries: entries, Signature: sig}); err != nil {
+	return &ledger.Batch{Entries: entries, Signature: sig}, note, nil
+}
+
+// commit appends prepared batches in one durable transaction (a group
+// commit: the batches a stream has queued share one fsync).
+func (li *ledgerIngest) commit(ctx context.Context, batches []ledger.Batch) error {
+	if len(batches) == 0 {
+		return nil
+	}
+	if _, err := li.log.Append(ctx, batches...); err != nil {
 		if errors.Is(err, ledger.ErrNotWriter) {
 			li.writer.Store(false)
-			return 0, "", errNotWriter
+			return errNotWriter
 		}
-		return 0, "", status.Errorf(codes.Unavailable, "ledger append: %v", err)
+		return status.Errorf(codes.Unavailable, "ledger append: %v", err)
 	}
-	if sig != nil {
-		li.mu.Lock()
-		li.lastSeq[inst] = b.GetBatchSeq()
-		li.mu.Unlock()
+	li.mu.Lock()
+	for _, b := range batches {
+		if b.Signature != nil && b.Signature.BatchSeq > li.lastSeq[b.Signature.InstanceID] {
+			li.lastSeq[b.Signature.InstanceID] = b.Signature.BatchSeq
+		}
 	}
-	return len(entries), note, nil
+	li.mu.Unlock()
+	return nil
 }
 
 // appendFindings stores the control plane's own omission events.

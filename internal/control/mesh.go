@@ -23,6 +23,7 @@ import (
 
 	tallyv1 "github.com/tally-mesh/tally/api/tally/v1"
 	"github.com/tally-mesh/tally/internal/identity"
+	"github.com/tally-mesh/tally/internal/ledger"
 	"github.com/tally-mesh/tally/internal/reconcile"
 )
 
@@ -244,7 +245,7 @@ func (ms *meshServer) Report(stream grpc.BidiStreamingServer[tallyv1.RecordBatch
 	}
 	// Recv runs in its own goroutine so that shutdown can end the stream
 	// while the sidecar is idle; it returns once the handler has returned.
-	batches := make(chan *tallyv1.RecordBatch)
+	batches := make(chan *tallyv1.RecordBatch, maxGroupBatches)
 	recvErr := make(chan error, 1)
 	s.streams.Go(func() {
 		for {
@@ -263,11 +264,26 @@ func (ms *meshServer) Report(stream grpc.BidiStreamingServer[tallyv1.RecordBatch
 	for {
 		select {
 		case b := <-batches:
-			if err := s.applyBatch(ctx, id, svc, b); err != nil {
+			// Take what else the sidecar has queued: one durable commit
+			// for the group, then each batch is applied and acknowledged
+			// in order.
+			group := []*tallyv1.RecordBatch{b}
+		more:
+			for len(group) < maxGroupBatches {
+				select {
+				case nb := <-batches:
+					group = append(group, nb)
+				default:
+					break more
+				}
+			}
+			if err := s.applyBatches(ctx, id, svc, group); err != nil {
 				return err
 			}
-			if err := stream.Send(&tallyv1.BatchAck{BatchSeq: b.GetBatchSeq()}); err != nil {
-				return err
+			for _, b := range group {
+				if err := stream.Send(&tallyv1.BatchAck{BatchSeq: b.GetBatchSeq()}); err != nil {
+					return err
+				}
 			}
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
@@ -300,55 +316,107 @@ const (
 // maxRecordDetailSize bounds the detail of one omission record.
 const maxRecordDetailSize = 1024
 
-// applyBatch validates the records of b, applies the valid ones and updates
-// metrics and the event stream. A malformed batch (not its records) is an
-// error that ends the stream.
-func (s *Server) applyBatch(ctx context.Context, peerID spiffeid.ID, svc string, b *tallyv1.RecordBatch) error {
+// maxGroupBatches bounds the batches of one stream committed together.
+const maxGroupBatches = 32
+
+// preparedBatch is a batch validated and ready to apply once its leaves
+// are durable.
+type preparedBatch struct {
+	b        *tallyv1.RecordBatch
+	key      BatchKey
+	recs     []Record
+	accepted []bool
+	rejected int
+	firstErr error
+	dup      bool
+}
+
+// applyBatches stores the leaves of a stream's queued batches in one
+// durable commit, then applies each batch in order. Only then may they be
+// acknowledged.
+func (s *Server) applyBatches(ctx context.Context, peerID spiffeid.ID, svc string, group []*tallyv1.RecordBatch) error {
+	prepared := make([]*preparedBatch, 0, len(group))
+	var lbs []ledger.Batch
+	for _, b := range group {
+		pb, err := s.validateBatch(peerID, svc, b)
+		if err != nil {
+			return err
+		}
+		prepared = append(prepared, pb)
+		if pb.dup {
+			continue
+		}
+		lb, note, err := s.ledger.prepare(ctx, peerID, b, pb.accepted)
+		if err != nil {
+			return err
+		}
+		if note != "" {
+			s.m.unsignedBatches.Inc()
+			s.log.Warn("batch stored without its signature", "service", svc, "instance_id", pb.key.InstanceID,
+				"batch_seq", pb.key.Seq, "reason", note)
+		}
+		if lb != nil {
+			lbs = append(lbs, *lb)
+		}
+	}
+	// Durable first: the batches are acknowledged only once their leaves
+	// are committed to the ledger.
+	if err := s.ledger.commit(ctx, lbs); err != nil {
+		return err
+	}
+	for _, pb := range prepared {
+		if !pb.dup {
+			s.applyPrepared(ctx, svc, pb)
+		}
+	}
+	if size, _, err := s.ledger.log.Head(ctx); err == nil {
+		s.m.ledgerSize.Set(float64(size))
+	}
+	return nil
+}
+
+// validateBatch checks a batch and its records; an error ends the stream.
+func (s *Server) validateBatch(peerID spiffeid.ID, svc string, b *tallyv1.RecordBatch) (*preparedBatch, error) {
 	if !isInstanceID(b.GetInstanceId()) {
-		return status.Errorf(codes.InvalidArgument, "batch %d: instance_id %q: want 32 lowercase hex characters", b.GetBatchSeq(), b.GetInstanceId())
+		return nil, status.Errorf(codes.InvalidArgument, "batch %d: instance_id %q: want 32 lowercase hex characters", b.GetBatchSeq(), b.GetInstanceId())
 	}
 	if b.GetBatchSeq() == 0 {
-		return status.Error(codes.InvalidArgument, "batch_seq 0: batches are numbered from 1")
+		return nil, status.Error(codes.InvalidArgument, "batch_seq 0: batches are numbered from 1")
 	}
-	now := time.Now()
-	recs := make([]Record, 0, len(b.GetRecords()))
-	accepted := make([]bool, len(b.GetRecords()))
-	var rejected int
-	var firstErr error
+	pb := &preparedBatch{b: b, key: BatchKey{Service: svc, InstanceID: b.GetInstanceId(), Seq: b.GetBatchSeq()}}
+	if s.store.Seen(pb.key) {
+		s.m.batches.WithLabelValues("duplicate").Inc()
+		pb.dup = true
+		return pb, nil
+	}
+	pb.recs = make([]Record, 0, len(b.GetRecords()))
+	pb.accepted = make([]bool, len(b.GetRecords()))
 	for i, pr := range b.GetRecords() {
 		r, reason, err := validateRecord(pr, peerID, svc, s.td)
 		if err != nil {
 			s.m.rejected.WithLabelValues(reason).Inc()
-			rejected++
-			if firstErr == nil {
-				firstErr = fmt.Errorf("record %d: %w", i, err)
+			pb.rejected++
+			if pb.firstErr == nil {
+				pb.firstErr = fmt.Errorf("record %d: %w", i, err)
 			}
 			continue
 		}
-		accepted[i] = true
-		recs = append(recs, r)
+		pb.accepted[i] = true
+		pb.recs = append(pb.recs, r)
 	}
-	key := BatchKey{Service: svc, InstanceID: b.GetInstanceId(), Seq: b.GetBatchSeq()}
-	if s.store.Seen(key) {
-		s.m.batches.WithLabelValues("duplicate").Inc()
-		return nil
-	}
-	// Durable first: the batch is acknowledged only once its leaves are
-	// committed to the ledger.
-	stored, note, err := s.ledger.append(ctx, peerID, b, accepted)
-	if err != nil {
-		return err
-	}
-	if note != "" {
-		s.m.unsignedBatches.Inc()
-		s.log.Warn("batch stored without its signature", "service", svc, "instance_id", key.InstanceID,
-			"batch_seq", key.Seq, "leaves", stored, "reason", note)
-	}
+	return pb, nil
+}
+
+// applyPrepared applies a batch whose leaves are durable: store, metrics,
+// event stream, reconciler.
+func (s *Server) applyPrepared(ctx context.Context, svc string, pb *preparedBatch) {
+	now := time.Now()
+	b, key, recs, accepted, rejected, firstErr := pb.b, pb.key, pb.recs, pb.accepted, pb.rejected, pb.firstErr
 	a := s.store.Apply(key, recs, now)
 	if a.Duplicate {
 		s.m.batches.WithLabelValues("duplicate").Inc()
 		s.log.Debug("duplicate batch acknowledged again", "service", svc, "instance_id", key.InstanceID, "batch_seq", key.Seq)
-		return nil
+		return
 	}
 	if rejected > 0 {
 		s.log.Warn("records rejected", "service", svc, "instance_id", key.InstanceID,
@@ -381,10 +449,6 @@ func (s *Server) applyBatch(ctx context.Context, peerID spiffeid.ID, svc string,
 		}
 	}
 	s.applyFindings(ctx, s.recon.AddBatch(rrecs, now))
-	if size, _, err := s.ledger.log.Head(ctx); err == nil {
-		s.m.ledgerSize.Set(float64(size))
-	}
-	return nil
 }
 
 // publishApplied updates metrics and tells the event stream about what
