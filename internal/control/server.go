@@ -320,6 +320,10 @@ func (s *Server) Run(ctx context.Context) error {
 		// A refused batch would be resent forever: leave ample room over
 		// the sidecars' batches (2,000 records, well under 4 MiB).
 		grpc.MaxRecvMsgSize(maxBatchBytes),
+		// Batches are large (2,000 records, a few hundred KiB): windows
+		// that fit several let a sidecar keep batches in flight.
+		grpc.InitialWindowSize(4<<20),
+		grpc.InitialConnWindowSize(16<<20),
 	)
 	tallyv1.RegisterMeshServer(gs, &meshServer{s: s})
 
