@@ -81,6 +81,11 @@ func FuzzDecodeBase64(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
+		if strings.Contains(s, ":") {
+			// A colon ends the byte sequence: the field then holds other
+			// members (":,a=:" gives "x=::,a=::"), not a value to decode.
+			return
+		}
 		field := "x=:" + s + ":"
 		m, err := Parse(field)
 		if err != nil {
