@@ -38,8 +38,8 @@ type ledgerIngest struct {
 	roots  *x509.CertPool
 	writer atomic.Bool
 
-	mu      sync.Mutex // guards lastSeq
-	lastSeq map[string]uint64
+	mu      sync.Mutex        // guards lastSeq
+	lastSeq map[string]uint64 // signer and instance -> highest signed batch in the log
 }
 
 func newLedgerIngest(lg *ledger.Log, ca *x509.Certificate) *ledgerIngest {
@@ -61,17 +61,24 @@ func (li *ledgerIngest) prepare(ctx context.Context, peerID spiffeid.ID, b *tall
 	if !li.writer.Load() {
 		return nil, "", errNotWriter
 	}
-	inst := b.GetInstanceId()
+	// Instance ids are the sidecars' choice: the dedupe key includes the
+	// uploader's identity, so no sidecar can suppress another's leaves by
+	// uploading under its instance id.
+	key := seqKey(peerID.String(), b.GetInstanceId())
 	li.mu.Lock()
-	last, known := li.lastSeq[inst]
+	last, known := li.lastSeq[key]
 	li.mu.Unlock()
 	if !known {
-		if last, err = li.log.LastBatchSeq(ctx, inst); err != nil {
+		seq, chain, err := li.log.LastBatch(ctx, b.GetInstanceId())
+		if err != nil {
 			return nil, "", status.Errorf(codes.Unavailable, "ledger: %v", err)
 		}
+		if seq > 0 && signerOf(chain) == peerID.String() {
+			last = seq
+		}
 		li.mu.Lock()
-		if cur, ok := li.lastSeq[inst]; !ok || cur < last {
-			li.lastSeq[inst] = last
+		if cur, ok := li.lastSeq[key]; !ok || cur < last {
+			li.lastSeq[key] = last
 		}
 		li.mu.Unlock()
 	}
@@ -132,12 +139,34 @@ func (li *ledgerIngest) commit(ctx context.Context, batches []ledger.Batch) erro
 	}
 	li.mu.Lock()
 	for _, b := range batches {
-		if b.Signature != nil && b.Signature.BatchSeq > li.lastSeq[b.Signature.InstanceID] {
-			li.lastSeq[b.Signature.InstanceID] = b.Signature.BatchSeq
+		if b.Signature == nil {
+			continue
+		}
+		key := seqKey(signerOf(b.Signature.Chain), b.Signature.InstanceID)
+		if b.Signature.BatchSeq > li.lastSeq[key] {
+			li.lastSeq[key] = b.Signature.BatchSeq
 		}
 	}
 	li.mu.Unlock()
 	return nil
+}
+
+func seqKey(signer, instance string) string { return signer + " " + instance }
+
+// signerOf is the SPIFFE ID of a chain's leaf certificate, "" if none.
+func signerOf(chain [][]byte) string {
+	if len(chain) == 0 {
+		return ""
+	}
+	cert, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return ""
+	}
+	id, err := x509svid.IDFromCert(cert)
+	if err != nil {
+		return ""
+	}
+	return id.String()
 }
 
 // appendFindings stores the control plane's own omission events.

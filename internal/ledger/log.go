@@ -416,11 +416,13 @@ func checkCovers(sig *BatchSignature, leafHashes [][32]byte) error {
 	return nil
 }
 
-// LastBatchSeq returns the highest batch sequence number of the signed
-// batches instance uploaded, 0 if none. Batches of one instance are
-// appended in order, so a batch at or below it is already in the log.
-func (l *Log) LastBatchSeq(ctx context.Context, instance string) (uint64, error) {
-	return l.r.lastBatchSeq(ctx, instance)
+// LastBatch returns the signed batch with the highest batch sequence
+// number stored under instance (its seq and signer chain), seq 0 if none.
+// Batches of one instance are appended in order, so a batch at or below
+// it is already in the log — if the same signer made it: instance ids are
+// chosen by sidecars, so the caller must check the chain.
+func (l *Log) LastBatch(ctx context.Context, instance string) (seq uint64, chain [][]byte, err error) {
+	return l.r.lastBatch(ctx, instance)
 }
 
 // Head returns the stored tree size and root.

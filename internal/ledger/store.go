@@ -243,14 +243,20 @@ func (r reader) latestCheckpoint(ctx context.Context) (StoredCheckpoint, error) 
 	return c, nil
 }
 
-// lastBatchSeq is the highest batch_seq of instance's signed batches, 0 if
-// none.
-func (r reader) lastBatchSeq(ctx context.Context, instance string) (uint64, error) {
-	var seq sql.NullInt64
-	if err := r.q.QueryRowContext(ctx, `SELECT MAX(batch_seq) FROM batches WHERE instance_id = $1`, instance).Scan(&seq); err != nil {
-		return 0, fmt.Errorf("reading batches of %s: %w", instance, err)
+// lastBatch is instance's signed batch with the highest batch_seq.
+func (r reader) lastBatch(ctx context.Context, instance string) (uint64, [][]byte, error) {
+	var (
+		seq   int64
+		chain []byte
+	)
+	err := r.q.QueryRowContext(ctx, `SELECT batch_seq, chain FROM batches WHERE instance_id = $1 ORDER BY batch_seq DESC LIMIT 1`, instance).Scan(&seq, &chain)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil, nil
 	}
-	return uint64(seq.Int64), nil
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading batches of %s: %w", instance, err)
+	}
+	return uint64(seq), splitChain(chain), nil
 }
 
 func (r reader) batches(ctx context.Context, start uint64, limit int) ([]StoredBatch, error) {
