@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,10 @@ type ledgerIngest struct {
 	roots  *x509.CertPool
 	writer atomic.Bool
 
+	// epoch tells apart the event ids of successive processes (they count
+	// from 1 in each).
+	epoch string
+
 	mu      sync.Mutex        // guards lastSeq
 	lastSeq map[string]uint64 // signer and instance -> highest signed batch in the log
 }
@@ -45,7 +50,8 @@ type ledgerIngest struct {
 func newLedgerIngest(lg *ledger.Log, ca *x509.Certificate) *ledgerIngest {
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
-	return &ledgerIngest{log: lg, roots: roots, lastSeq: map[string]uint64{}}
+	return &ledgerIngest{log: lg, roots: roots, lastSeq: map[string]uint64{},
+		epoch: strconv.FormatInt(time.Now().UnixNano(), 36)}
 }
 
 // errNotWriter tells a sidecar to come back later: another control plane
@@ -171,8 +177,11 @@ func signerOf(chain [][]byte) string {
 
 // appendFindings stores the control plane's own omission events.
 func (li *ledgerIngest) appendFindings(ctx context.Context, evs []Event) error {
-	if len(evs) == 0 || !li.writer.Load() {
+	if len(evs) == 0 {
 		return nil
+	}
+	if !li.writer.Load() {
+		return errNotWriter
 	}
 	entries := make([]ledger.Entry, len(evs))
 	for i, ev := range evs {
@@ -180,7 +189,7 @@ func (li *ledgerIngest) appendFindings(ctx context.Context, evs []Event) error {
 			Kind: ledger.KindOmission, MessageID: ev.MessageID, Seq: ev.Seq,
 			Source: ev.Source, Destination: ev.Destination,
 			SourceIdentity: ev.SourceIdentity, DestinationIdentity: ev.DestinationIdentity,
-			AtUnixNano: ev.DetectedAt.UnixNano(), EventID: "control:" + ev.ID,
+			AtUnixNano: ev.DetectedAt.UnixNano(), EventID: "control:" + li.epoch + ":" + ev.ID,
 			OmissionKind: ev.Kind, Detail: ev.Detail, Reporter: "control",
 		}
 	}

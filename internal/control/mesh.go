@@ -509,7 +509,17 @@ func (s *Server) applyFindings(ctx context.Context, fs []reconcile.Finding) {
 	s.findingsMu.Unlock()
 	s.publishApplied(a)
 	if err := s.ledger.appendFindings(ctx, a.Events); err != nil {
+		// The mesh's own loss: say so like any other omission.
 		s.log.Error("storing the reconciler's findings in the ledger", "events", len(a.Events), "err", err)
+		s.findingsMu.Lock()
+		s.findingSeq++
+		gapKey := BatchKey{Service: ReporterControl, InstanceID: ReporterControl, Seq: s.findingSeq}
+		gap := s.store.Apply(gapKey, []Record{{
+			Kind: tallyv1.RecordKind_RECORD_KIND_OMISSION, OmissionKind: KindAuditGap, Reporter: ReporterControl,
+			At: time.Now(), Detail: fmt.Sprintf("%d reconciler findings not stored in the ledger: %v", len(a.Events), err),
+		}}, time.Now())
+		s.findingsMu.Unlock()
+		s.publishApplied(gap)
 	}
 }
 
@@ -574,6 +584,11 @@ func validateRecord(pr *tallyv1.Record, peerID spiffeid.ID, svc string, td spiff
 	case "", "http", "grpc", "tcp":
 	default:
 		return Record{}, rejectProtocol, fmt.Errorf("protocol %q is not http, grpc or tcp", r.Protocol)
+	}
+	for _, d := range [][]byte{pr.GetRequestDigest(), pr.GetResponseDigest()} {
+		if len(d) != 0 && len(d) != 32 {
+			return Record{}, rejectValue, fmt.Errorf("digest of %d bytes, want a 32-byte sha-256", len(d))
+		}
 	}
 	if r.RequestBytes < 0 || r.ResponseBytes < 0 || r.Latency < 0 || pr.GetAtUnixNano() < 0 {
 		return Record{}, rejectValue, errors.New("negative byte count, latency or time")
