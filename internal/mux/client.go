@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -28,7 +29,9 @@ type ClientConn struct {
 
 // ClientConfig configures a ClientConn. The zero value is usable.
 type ClientConfig struct {
-	MaxHeaderBytes int // limit on a response header block; 0 = 64 KiB
+	MaxHeaderBytes int           // limit on a response header block; 0 = 64 KiB
+	PingIdle       time.Duration // quiet time before PINGs start; 0 = 15s
+	DeadAfter      time.Duration // quiet time after which the connection is closed; 0 = 30s
 }
 
 // NewClientConn starts HTTP/2 on nc (already through TLS with ALPN h2):
@@ -46,9 +49,48 @@ func NewClientConn(nc net.Conn, cfg ClientConfig) (*ClientConn, error) {
 		nc.Close()
 		return nil, err
 	}
+	c.lastRead.Store(time.Now().UnixNano())
 	go cc.readLoop()
 	go c.flusher(c.closed)
+	pingIdle, deadAfter := cfg.PingIdle, cfg.DeadAfter
+	if pingIdle <= 0 {
+		pingIdle = defaultPingIdle
+	}
+	if deadAfter <= 0 {
+		deadAfter = defaultDeadAfter
+	}
+	go cc.keepalive(pingIdle, deadAfter)
 	return cc, nil
+}
+
+// Keepalive: a connection quiet for PingIdle gets a PING every third of it;
+// one silent for deadAfter (no frame at all, not even the PING's ack) is
+// closed, so its requests fail instead of hanging on a peer that is gone
+// without a FIN (a dead host, a dropped route).
+const (
+	defaultPingIdle  = 15 * time.Second
+	defaultDeadAfter = 30 * time.Second
+)
+
+func (cc *ClientConn) keepalive(pingIdle, deadAfter time.Duration) {
+	c := cc.c
+	t := time.NewTicker(pingIdle / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.closed:
+			return
+		case <-t.C:
+		}
+		quiet := time.Since(time.Unix(0, c.lastRead.Load()))
+		switch {
+		case quiet >= deadAfter:
+			c.fail(fmt.Errorf("mux: peer silent for %v, no answer to PING", quiet.Round(time.Second)))
+			return
+		case quiet >= pingIdle:
+			c.writeFrames(func() error { return c.wf.WritePing(false, [8]byte{'t', 'a', 'l', 'l', 'y'}) })
+		}
+	}
 }
 
 // Err reports why the connection can take no new requests (closed, or the
@@ -264,6 +306,7 @@ func (cc *ClientConn) readLoop() {
 	for {
 		var f http2.Frame
 		f, err = c.rf.ReadFrame()
+		c.lastRead.Store(time.Now().UnixNano())
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -58,6 +59,7 @@ type conn struct {
 	flushReq chan struct{} // wakes the flusher; capacity 1
 	closed   chan struct{} // closed by fail
 	closeOne sync.Once
+	lastRead atomic.Int64 // unix nanoseconds of the last frame read
 
 	mu          sync.Mutex // guards following
 	cond        *sync.Cond // flow control, stream slots, closure

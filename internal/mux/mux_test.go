@@ -252,3 +252,35 @@ func TestShutdownDrainsThenRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestSilentPeerIsDropped(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(io.Discard, c) // a peer that reads and never answers
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := NewClientConn(nc, ClientConfig{PingIdle: 60 * time.Millisecond, DeadAfter: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-cc.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a silent peer's connection was not closed")
+	}
+	if err := cc.Err(); err == nil || !strings.Contains(err.Error(), "PING") {
+		t.Fatalf("Err = %v, want the silent-peer error", err)
+	}
+}
