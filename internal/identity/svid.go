@@ -141,3 +141,17 @@ func (s *Source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bund
 	}
 	return s.bundle.GetX509BundleForTrustDomain(td)
 }
+
+// ParseBundle builds the trust bundle of td from DER certificates (as the
+// control plane sends them in an SVID response).
+func ParseBundle(td spiffeid.TrustDomain, ders [][]byte) (*x509bundle.Bundle, error) {
+	anchors := make([]*x509.Certificate, 0, len(ders))
+	for i, der := range ders {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("trust bundle certificate %d: %w", i, err)
+		}
+		anchors = append(anchors, c)
+	}
+	return x509bundle.FromX509Authorities(td, anchors), nil
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -220,15 +219,10 @@ func newCSR(id spiffeid.ID) (crypto.Signer, []byte, error) {
 }
 
 func parseSVIDResponse(resp *tallyv1.SVIDResponse, key crypto.Signer, td spiffeid.TrustDomain) (*x509svid.SVID, *x509bundle.Bundle, error) {
-	var anchors []*x509.Certificate
-	for _, der := range resp.BundleDer {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, nil, fmt.Errorf("trust bundle from control plane: %w", err)
-		}
-		anchors = append(anchors, c)
+	bundle, err := identity.ParseBundle(td, resp.BundleDer)
+	if err != nil {
+		return nil, nil, fmt.Errorf("from control plane: %w", err)
 	}
-	bundle := x509bundle.FromX509Authorities(td, anchors)
 	svid, err := identity.ParseSVID(resp.ChainDer, key, bundle)
 	if err != nil {
 		return nil, nil, fmt.Errorf("SVID from control plane: %w", err)

@@ -261,7 +261,7 @@ func (p *Proxy) relayHTTP(w http.ResponseWriter, r *http.Request, c *call, resp 
 	defer func() { buf.Reset(); bufPool.Put(buf) }()
 	ended, err := readUpTo(buf, resp.Body, p.holdBytes(), &m)
 	if err != nil {
-		p.failCaller(w, r, c, p.bodyFailure(err, m.n), false)
+		p.failCaller(w, r, c, asOmission(err, m.n), false)
 		return
 	}
 	if ended {
@@ -596,10 +596,6 @@ func localError(w http.ResponseWriter, grpcCall bool, status int, msg string) {
 	}
 	w.Header().Set("Tally-Error", "bad_request")
 	http.Error(w, "tally: "+msg, status)
-}
-
-func (p *Proxy) bodyFailure(err error, n int64) *omission {
-	return asOmission(err, n)
 }
 
 // asOmission classifies a body failure: an omission passes as is; a broken

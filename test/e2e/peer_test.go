@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -16,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -59,12 +57,10 @@ func joinFake(t *testing.T, m *mesh, service string, h http.Handler) *fakePeer {
 	if err != nil {
 		t.Fatalf("fake peer join: %v", err)
 	}
-	var anchors []*x509.Certificate
-	for _, der := range resp.BundleDer {
-		c, _ := x509.ParseCertificate(der)
-		anchors = append(anchors, c)
+	bundle, err := identity.ParseBundle(td, resp.BundleDer)
+	if err != nil {
+		t.Fatal(err)
 	}
-	bundle := x509bundle.FromX509Authorities(td, anchors)
 	svid, err := identity.ParseSVID(resp.ChainDer, key, bundle)
 	if err != nil {
 		t.Fatal(err)
