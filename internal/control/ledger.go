@@ -101,6 +101,7 @@ func (li *ledgerIngest) prepare(ctx context.Context, peerID spiffeid.ID, b *tall
 	if len(entries) == 0 {
 		return nil, "", nil
 	}
+	var leaves [][]byte // encoded once, when the signature is checked
 	sig, serr := ledger.SignatureFromProto(b)
 	switch {
 	case serr != nil:
@@ -112,7 +113,8 @@ func (li *ledgerIngest) prepare(ctx context.Context, peerID spiffeid.ID, b *tall
 		note = "records were refused, so the signature does not cover what is stored"
 		sig = nil
 	default:
-		leaves, err := ledger.EncodeAll(entries)
+		var err error
+		leaves, err = ledger.EncodeAll(entries)
 		if err != nil {
 			return nil, "", status.Errorf(codes.InvalidArgument, "batch %d: %v", b.GetBatchSeq(), err)
 		}
@@ -127,7 +129,7 @@ func (li *ledgerIngest) prepare(ctx context.Context, peerID spiffeid.ID, b *tall
 			sig = nil
 		}
 	}
-	return &ledger.Batch{Entries: entries, Signature: sig}, note, nil
+	return &ledger.Batch{Entries: entries, Signature: sig, Leaves: leaves}, note, nil
 }
 
 // commit appends prepared batches in one durable transaction (a group

@@ -65,6 +65,9 @@ type Batch struct {
 	// covers them (count and BatchRoot), not who made it: verify the
 	// signer with VerifyBatchSignature first.
 	Signature *BatchSignature
+	// Leaves, if set, are Entries already encoded (EncodeAll), so a caller
+	// that encoded them to check the signature need not encode twice.
+	Leaves [][]byte
 }
 
 // StoredEntry is a leaf as stored: its index, its bytes and its RFC 6962
@@ -299,6 +302,10 @@ func (l *Log) Append(ctx context.Context, batches ...Batch) (first uint64, err e
 	var buf []byte
 	for bi, b := range batches {
 		spans[bi] = span{n: len(b.Entries), sig: b.Signature}
+		if len(b.Leaves) == len(b.Entries) && len(b.Leaves) > 0 {
+			data = append(data, b.Leaves...)
+			continue
+		}
 		for i := range b.Entries {
 			start := len(buf)
 			if buf, err = b.Entries[i].AppendBinary(buf); err != nil {
