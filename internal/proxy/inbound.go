@@ -275,55 +275,41 @@ func requestCheck(r *http.Request) checkFunc {
 
 func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage) {
 	grpcCall := m.proto == "grpc"
-	out, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+p.cfg.AppAddr+r.URL.RequestURI(), nil)
-	if err != nil {
-		p.met.badInput.WithLabelValues("request_target").Inc()
-		p.calleeOmission(m, "unconfirmed", "request target: "+err.Error())
-		refuse(w, "unconfirmed", http.StatusBadRequest, "request target: "+err.Error())
-		return
-	}
-	out.Header = r.Header.Clone()
-	for _, h := range append(hopHeaders, tallyHeaders...) {
-		out.Header.Del(h)
-	}
-	out.Header.Del(wire.HeaderContentDigest)
-	out.Host = r.Host
-	out.ContentLength = r.ContentLength
-
-	var body *verifyingReader
 	check := requestCheck(r)
 	// The caller app's own request trailers go on to the app.
+	var appTrailer http.Header
 	for k := range r.Trailer {
 		if !isTallyField(k) {
-			if out.Trailer == nil {
-				out.Trailer = http.Header{}
+			if appTrailer == nil {
+				appTrailer = http.Header{}
 			}
-			out.Trailer[k] = nil
+			appTrailer[k] = nil
 		}
 	}
-	if out.Trailer != nil {
+	if appTrailer != nil {
 		inner := check
 		check = func(sum [32]byte, n int64) error {
-			setRequestTrailers(out.Trailer, r.Trailer)
+			setRequestTrailers(appTrailer, r.Trailer)
 			return inner(sum, n)
 		}
 	}
+	var (
+		body *verifyingReader
+		held []byte // the whole request body, verified; nil when it streams
+	)
 	switch {
 	case r.ContentLength == 0 && len(r.Trailer) == 0:
 		body = newVerifyingReader(http.NoBody, newMeter(), false, check)
 		io.Copy(io.Discard, body)
-		out.Body = http.NoBody
 	case r.ContentLength > 0 && r.ContentLength <= p.holdBytes() && !grpcCall:
 		// Small and of known size: verify it whole before the app sees it.
 		body = newVerifyingReader(r.Body, newMeter(), false, check)
 		buf := bufPool.Get().(*bytes.Buffer)
 		defer func() { buf.Reset(); bufPool.Put(buf) }()
 		io.Copy(buf, body)
-		out.Body = io.NopCloser(bytes.NewReader(buf.Bytes()))
-		out.GetBody = nil
+		held = buf.Bytes()
 	default:
 		body = newVerifyingReader(r.Body, newMeter(), !grpcCall, check)
-		out.Body = body
 	}
 	defer body.Close()
 	if body.ended() {
@@ -340,13 +326,22 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 		panic(http.ErrAbortHandler)
 	}
 
-	resp, err := p.app.forProto(m.proto).RoundTrip(out)
+	var resp *http.Response
+	var err error
+	if streamed := !body.ended(); !streamed && appTrailer == nil && p.app.lean(m.proto) && canFast(r) {
+		resp, err = p.app.h1.roundTrip(r.Context(), r, held)
+	} else {
+		resp, err = p.appRoundTrip(r, m, body, held, appTrailer)
+	}
 	if err != nil {
 		if berr := body.failure(); berr != nil {
 			om := asOmission(berr, 1)
 			p.calleeOmission(m, om.kind, om.detail)
 			refuse(w, om.kind, http.StatusBadGateway, "request not delivered whole: "+om.Error())
 			return
+		}
+		if errors.Is(err, errAppHeaderTooLarge) {
+			p.met.limitHits.WithLabelValues("header_bytes").Inc()
 		}
 		p.log.Warn("app unreachable", "app", p.cfg.AppAddr, "err", err)
 		p.calleeOmission(m, "unconfirmed", "app did not answer: "+err.Error())
@@ -448,6 +443,33 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 	})
 }
 
+// appRoundTrip carries a message to the app through net/http: a body that
+// streams, request trailers, or h2c.
+func (p *Proxy) appRoundTrip(r *http.Request, m *inMessage, body *verifyingReader, held []byte, trailer http.Header) (*http.Response, error) {
+	out, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+p.cfg.AppAddr+r.URL.RequestURI(), nil)
+	if err != nil {
+		p.met.badInput.WithLabelValues("request_target").Inc()
+		return nil, fmt.Errorf("request target: %w", err)
+	}
+	out.Header = r.Header.Clone()
+	for _, h := range append(hopHeaders, tallyHeaders...) {
+		out.Header.Del(h)
+	}
+	out.Header.Del(wire.HeaderContentDigest)
+	out.Host = r.Host
+	out.ContentLength = r.ContentLength
+	out.Trailer = trailer
+	switch {
+	case !body.ended():
+		out.Body = body
+	case held != nil:
+		out.Body = io.NopCloser(bytes.NewReader(held))
+	default:
+		out.Body = http.NoBody
+	}
+	return p.app.forProto(m.proto).RoundTrip(out)
+}
+
 func setRequestTrailers(dst, src http.Header) {
 	for k := range dst {
 		dst[k] = src[k]
@@ -456,6 +478,7 @@ func setRequestTrailers(dst, src http.Header) {
 
 // appClients reach the local app: HTTP/1.1 for plain requests, h2c for gRPC.
 type appClients struct {
+	h1         *h1Client // a body held whole, over HTTP/1.1
 	http1, h2c *http.Transport
 	mode       string
 }
@@ -478,8 +501,11 @@ func newAppClients(addr, mode string, maxHeader int) *appClients {
 			MaxResponseHeaderBytes: int64(maxHeader) + 4096,
 		}
 	}
-	return &appClients{http1: mk(false), h2c: mk(true), mode: mode}
+	return &appClients{h1: newH1Client(addr, maxHeader), http1: mk(false), h2c: mk(true), mode: mode}
 }
+
+// lean reports whether messages of proto reach the app over HTTP/1.1.
+func (a *appClients) lean(proto string) bool { return a.forProto(proto) == a.http1 }
 
 func (a *appClients) forProto(proto string) *http.Transport {
 	switch {
