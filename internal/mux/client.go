@@ -32,12 +32,16 @@ type ClientConfig struct {
 	MaxHeaderBytes int           // limit on a response header block; 0 = 64 KiB
 	PingIdle       time.Duration // quiet time before PINGs start; 0 = 15s
 	DeadAfter      time.Duration // quiet time after which the connection is closed; 0 = 30s
+	// NeverIndex names fields whose value differs in every message (ids,
+	// MACs): they are sent as never-indexed literals instead of churning
+	// both ends' HPACK tables.
+	NeverIndex []string
 }
 
 // NewClientConn starts HTTP/2 on nc (already through TLS with ALPN h2):
 // it writes the preface and settings and starts the read loop.
 func NewClientConn(nc net.Conn, cfg ClientConfig) (*ClientConn, error) {
-	c := newConn(nc, cfg.MaxHeaderBytes)
+	c := newConn(nc, cfg.MaxHeaderBytes, cfg.NeverIndex)
 	cc := &ClientConn{c: c, nextID: 1, done: make(chan struct{})}
 	c.wmu.Lock()
 	_, err := c.bw.WriteString(http2.ClientPreface)
@@ -171,7 +175,7 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		enc.WriteField(hpack.HeaderField{Name: ":scheme", Value: "https"})
 		enc.WriteField(hpack.HeaderField{Name: ":authority", Value: host})
 		enc.WriteField(hpack.HeaderField{Name: ":path", Value: req.URL.RequestURI()})
-		encodeHeader(enc, req.Header)
+		c.encodeHeader(enc, req.Header)
 		for k := range req.Trailer {
 			enc.WriteField(hpack.HeaderField{Name: "trailer", Value: lower(k)})
 		}
@@ -248,7 +252,7 @@ func (cc *ClientConn) writeBody(s *stream, req *http.Request) {
 	var err error
 	if len(req.Trailer) > 0 {
 		err = c.writeFrames(func() error {
-			return c.writeHeaderBlock(s.id, true, func(enc *hpack.Encoder) { encodeHeader(enc, req.Trailer) })
+			return c.writeHeaderBlock(s.id, true, func(enc *hpack.Encoder) { c.encodeHeader(enc, req.Trailer) })
 		})
 	} else {
 		err = c.writeData(s, nil, true)

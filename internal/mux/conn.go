@@ -60,6 +60,10 @@ type conn struct {
 	closed   chan struct{} // closed by fail
 	closeOne sync.Once
 	lastRead atomic.Int64 // unix nanoseconds of the last frame read
+	// neverIndex: fields whose value is new in every message, sent as
+	// never-indexed literals (RFC 7541 §6.2.3) so neither end's HPACK table
+	// churns on them. Set at creation, read-only.
+	neverIndex map[string]bool
 
 	mu          sync.Mutex // guards following
 	cond        *sync.Cond // flow control, stream slots, closure
@@ -74,7 +78,7 @@ type conn struct {
 	connUnacked int64 // bytes consumed but not yet refunded to the peer
 }
 
-func newConn(nc net.Conn, maxHeader int) *conn {
+func newConn(nc net.Conn, maxHeader int, neverIndex []string) *conn {
 	c := &conn{
 		nc:          nc,
 		streams:     map[uint32]*stream{},
@@ -84,6 +88,12 @@ func newConn(nc net.Conn, maxHeader int) *conn {
 		peerStreams: defaultMaxStreams,
 	}
 	c.cond = sync.NewCond(&c.mu)
+	for _, k := range neverIndex {
+		if c.neverIndex == nil {
+			c.neverIndex = map[string]bool{}
+		}
+		c.neverIndex[http.CanonicalHeaderKey(k)] = true
+	}
 	c.flushReq = make(chan struct{}, 1)
 	c.closed = make(chan struct{})
 	c.bw = bufio.NewWriterSize(nc, 64<<10)
@@ -412,7 +422,7 @@ func headerListSize(h http.Header) uint32 {
 
 // encodeHeader writes h's fields, except hop-by-hop ones, trailers
 // announced with http.TrailerPrefix, and the keys in skip.
-func encodeHeader(enc *hpack.Encoder, h http.Header, skip ...string) {
+func (c *conn) encodeHeader(enc *hpack.Encoder, h http.Header, skip ...string) {
 	for k, vs := range h {
 		if hopHeaders[k] || strings.HasPrefix(k, http.TrailerPrefix) || (len(skip) > 0 && slices.Contains(skip, k)) {
 			continue
@@ -425,9 +435,9 @@ func encodeHeader(enc *hpack.Encoder, h http.Header, skip ...string) {
 			}
 			continue
 		}
-		name := lower(k)
+		name, never := lower(k), c.neverIndex[k]
 		for _, v := range vs {
-			enc.WriteField(hpack.HeaderField{Name: name, Value: v})
+			enc.WriteField(hpack.HeaderField{Name: name, Value: v, Sensitive: never})
 		}
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // pair serves h on one end of a loopback TCP connection and returns a
@@ -282,5 +284,32 @@ func TestSilentPeerIsDropped(t *testing.T) {
 	}
 	if err := cc.Err(); err == nil || !strings.Contains(err.Error(), "PING") {
 		t.Fatalf("Err = %v, want the silent-peer error", err)
+	}
+}
+
+func TestNeverIndexedFieldsLeaveTheTableAlone(t *testing.T) {
+	c := newConn(nil, 0, []string{"tally-message-id"})
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	h := http.Header{"Tally-Message-Id": {"0123456789abcdef0123456789abcdef"}, "X-Other": {"v"}}
+	c.encodeHeader(enc, h)
+	var got []hpack.HeaderField
+	dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { got = append(got, f) })
+	if _, err := dec.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range got {
+		if want := f.Name == "tally-message-id"; f.Sensitive != want {
+			t.Errorf("%s: never-indexed %v, want %v", f.Name, f.Sensitive, want)
+		}
+	}
+	// Only x-other entered the table: 32 + len("x-other") + len("v").
+	if n := len(got); n != 2 {
+		t.Fatalf("decoded %d fields, want 2", n)
+	}
+	buf.Reset()
+	c.encodeHeader(enc, http.Header{"X-Other": {"v"}})
+	if buf.Len() != 1 {
+		t.Errorf("x-other re-encoded in %d bytes, want 1 (indexed)", buf.Len())
 	}
 }

@@ -24,6 +24,7 @@ type Server struct {
 	Handler              http.Handler
 	MaxConcurrentStreams uint32 // per connection; 0 = 1000
 	MaxHeaderBytes       int    // request header block limit; 0 = 64 KiB; over it: 431
+	NeverIndex           []string // as in ClientConfig
 	// ConnContext returns the context of the requests on nc (values the
 	// handler finds with r.Context()). Nil: the context given to ServeConn.
 	ConnContext func(ctx context.Context, nc net.Conn) context.Context
@@ -51,7 +52,7 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	if maxStreams == 0 {
 		maxStreams = defaultMaxStreams
 	}
-	sc := &serverConn{srv: s, c: newConn(nc, s.MaxHeaderBytes), ctx: ctx}
+	sc := &serverConn{srv: s, c: newConn(nc, s.MaxHeaderBytes, s.NeverIndex), ctx: ctx}
 	if s.ConnContext != nil {
 		sc.ctx = s.ConnContext(ctx, nc)
 	}
@@ -378,7 +379,7 @@ func (w *responseWriter) FlushError() error {
 func (w *responseWriter) writeHeaders(end bool) error {
 	return w.sc.c.writeHeaderBlock(w.st.id, end, func(enc *hpack.Encoder) {
 		enc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(w.status)})
-		encodeHeader(enc, w.h, w.declared...)
+		w.sc.c.encodeHeader(enc, w.h, w.declared...)
 	})
 }
 
@@ -437,7 +438,7 @@ func (w *responseWriter) finish() {
 				}
 			}
 			if tr != nil {
-				return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) { encodeHeader(enc, tr) })
+				return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) { c.encodeHeader(enc, tr) })
 			}
 			return nil
 		})
@@ -445,7 +446,7 @@ func (w *responseWriter) finish() {
 		if err = w.FlushError(); err == nil {
 			if tr != nil {
 				err = c.writeFrames(func() error {
-					return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) { encodeHeader(enc, tr) })
+					return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) { c.encodeHeader(enc, tr) })
 				})
 			} else {
 				err = c.writeData(st, nil, true)

@@ -125,6 +125,7 @@ func (p *Proxy) inboundServer() *mux.Server {
 		Handler:              http.HandlerFunc(p.serveMessage),
 		MaxConcurrentStreams: 1000,
 		MaxHeaderBytes:       p.cfg.MaxHeaderBytes + 4096,
+		NeverIndex:           perMessageFields,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			tc, ok := c.(*tls.Conn)
 			if !ok {

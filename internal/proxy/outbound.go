@@ -26,6 +26,11 @@ var (
 		wire.HeaderRequestDigest, wire.HeaderReceipt, wire.HeaderOmission}, ", ")
 )
 
+// perMessageFields differ in every message; HPACK sends them as
+// never-indexed literals (mux.ClientConfig.NeverIndex).
+var perMessageFields = []string{wire.HeaderMessageID, wire.HeaderSeq, wire.HeaderReceipt,
+	wire.HeaderContentDigest, wire.HeaderRequestDigest}
+
 // hopHeaders are connection-specific and never forwarded (RFC 9110 §7.6.1).
 var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Upgrade", "Transfer-Encoding", "Trailer"}

@@ -128,7 +128,7 @@ func newPeerConn(tc *tls.Conn, addr string, cs *tls.ConnectionState, maxHeader i
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", addr, err)
 	}
-	cc, err := mux.NewClientConn(tc, mux.ClientConfig{MaxHeaderBytes: maxHeader})
+	cc, err := mux.NewClientConn(tc, mux.ClientConfig{MaxHeaderBytes: maxHeader, NeverIndex: perMessageFields})
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", addr, err)
 	}
