@@ -22,8 +22,8 @@ import (
 // ServeConn; its methods are safe for concurrent use.
 type Server struct {
 	Handler              http.Handler
-	MaxConcurrentStreams uint32 // per connection; 0 = 1000
-	MaxHeaderBytes       int    // request header block limit; 0 = 64 KiB; over it: 431
+	MaxConcurrentStreams uint32   // per connection; 0 = 1000
+	MaxHeaderBytes       int      // request header block limit; 0 = 64 KiB; over it: 431
 	NeverIndex           []string // as in ClientConfig
 	// ConnContext returns the context of the requests on nc (values the
 	// handler finds with r.Context()). Nil: the context given to ServeConn.
