@@ -377,6 +377,9 @@ func (w *responseWriter) WriteHeader(code int) {
 	w.wroteHeader = true
 	w.status = code
 	for _, v := range w.h["Trailer"] {
+		if w.declared == nil {
+			w.declared = make([]string, 0, strings.Count(v, ",")+1)
+		}
 		for k := range strings.SplitSeq(v, ",") {
 			if k = strings.TrimSpace(k); k != "" {
 				w.declared = append(w.declared, canonical(k))

@@ -23,7 +23,7 @@ type stream struct {
 	localDone   bool // we ended our side
 
 	rmu     sync.Mutex // guards following
-	rcond   *sync.Cond
+	rcond   sync.Cond
 	buf     []byte
 	off     int   // read position in buf
 	rerr    error // io.EOF at the peer's END_STREAM, else the failure
@@ -52,7 +52,7 @@ func (s *stream) deliverResp(r *http.Response) {
 
 func newStream(c *conn, id uint32) *stream {
 	s := &stream{id: id, c: c}
-	s.rcond = sync.NewCond(&s.rmu)
+	s.rcond.L = &s.rmu
 	return s
 }
 

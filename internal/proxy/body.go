@@ -123,14 +123,15 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 // finish records the end of the source: a clean EOF that passes check
 // becomes io.EOF; anything else is the failure.
 func (v *verifyingReader) finish(srcErr error) {
+	sum := v.m.sum()
 	if srcErr == io.EOF {
-		srcErr = v.check(v.m.sum(), v.m.n)
+		srcErr = v.check(sum, v.m.n)
 		if srcErr == nil {
 			srcErr = io.EOF
 		}
 	}
 	v.err = srcErr
-	v.settle(srcErr, v.m.sum(), v.m.n)
+	v.settle(srcErr, sum, v.m.n)
 }
 
 // settle fixes the outcome seen by result, once.
@@ -162,6 +163,9 @@ func (v *verifyingReader) failure() error {
 // resultWithin is result, but gives up after d: a body not finished by then
 // counts as cut short.
 func (v *verifyingReader) resultWithin(d time.Duration) ([32]byte, int64, error) {
+	if v.ended() {
+		return v.result()
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -191,9 +195,13 @@ func (v *verifyingReader) ended() bool {
 // Close settles a body abandoned before its end as failed. The buffers are
 // left to the garbage collector: a transport may still be inside Read.
 func (v *verifyingReader) Close() error {
-	v.fail(errors.New("body closed before its end"))
+	if !v.ended() {
+		v.fail(errBodyClosed)
+	}
 	return nil
 }
+
+var errBodyClosed = errors.New("body closed before its end")
 
 // readUpTo reads src into buf until EOF or until more than limit bytes were
 // read. It reports whether src ended within limit.

@@ -366,8 +366,7 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 	if r.Method != http.MethodHead {
 		h.Del("Content-Length")
 	}
-	h.Set(wire.HeaderMessageID, m.id)
-	h.Set("Trailer", responseTrailers)
+	setFields(h, wire.HeaderMessageID, m.id, "Trailer", responseTrailers)
 	w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(w)
 	streaming := grpcCall || resp.ContentLength < 0
@@ -407,8 +406,7 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 		}
 	}
 	sum := rm.sum()
-	h.Set(wire.HeaderContentDigest, digest.Format(sum))
-	h.Set(wire.HeaderLength, strconv.FormatInt(rm.n, 10))
+	setFields(h, wire.HeaderContentDigest, digest.Format(sum), wire.HeaderLength, strconv.FormatInt(rm.n, 10))
 	if appErr != nil {
 		// The app's response ended early (closed before its declared
 		// length, or a chunked body without its last chunk): say so in
@@ -431,10 +429,9 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 		h.Set(wire.HeaderOmission, om.kind)
 		return
 	}
-	h.Set(wire.HeaderRequestDigest, digest.Format(reqSum))
 	mac := receipt.Sign(m.peer.key, receipt.Receipt{Kind: receipt.KindHTTP, MessageID: m.id, Seq: m.seq,
 		RequestDigest: reqSum, RequestLen: reqLen, ResponseDigest: sum, ResponseLen: rm.n})
-	h.Set(wire.HeaderReceipt, receipt.Format(mac))
+	setFields(h, wire.HeaderRequestDigest, digest.Format(reqSum), wire.HeaderReceipt, receipt.Format(mac))
 	m.edge.received.Inc()
 	p.rec.add(&tallyv1.Record{
 		Kind: tallyv1.RecordKind_RECORD_KIND_RECEIVED, MessageId: m.id, Seq: m.seq,

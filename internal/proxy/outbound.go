@@ -249,11 +249,8 @@ func (p *Proxy) outboundRequest(r *http.Request, c *call) *http.Request {
 		out.Header.Del(h)
 	}
 	out.Header.Del(wire.HeaderContentDigest)
-	out.Header.Set(wire.HeaderMessageID, c.id)
-	out.Header.Set(wire.HeaderSeq, strconv.FormatUint(c.seq, 10))
-	out.Header.Set(wire.HeaderInstance, p.rec.instance)
-	out.Header.Set(wire.HeaderDestination, c.edge.dest)
-	out.Header.Set(wire.HeaderProtocol, c.proto)
+	setFields(out.Header, wire.HeaderMessageID, c.id, wire.HeaderSeq, strconv.FormatUint(c.seq, 10),
+		wire.HeaderInstance, p.rec.instance, wire.HeaderDestination, c.edge.dest, wire.HeaderProtocol, c.proto)
 	out.Trailer = nil
 	return out
 }
@@ -277,8 +274,7 @@ func (p *Proxy) relayHTTP(w http.ResponseWriter, r *http.Request, c *call, resp 
 		}
 		h := w.Header()
 		copyResponseHeader(h, resp.Header)
-		h.Set(wire.HeaderMessageID, c.id)
-		h.Set(wire.HeaderContentDigest, digest.Format(sum))
+		setFields(h, wire.HeaderMessageID, c.id, wire.HeaderContentDigest, digest.Format(sum))
 		appTrailers := declareAppTrailers(h, resp.Trailer)
 		if !appTrailers && (r.Method != http.MethodHead || m.n > 0) {
 			// Trailers need chunked encoding on HTTP/1.1; without
@@ -324,6 +320,16 @@ func (p *Proxy) relayHTTP(w http.ResponseWriter, r *http.Request, c *call, resp 
 	h.Set(wire.HeaderContentDigest, digest.Format(sum))
 	setAppTrailers(h, resp.Trailer)
 	p.confirm(c, req, sum, n)
+}
+
+// setFields sets header fields from name, value pairs; the names must be
+// in canonical form. The values share one allocation.
+func setFields(h http.Header, kv ...string) {
+	vals := make([]string, len(kv)/2)
+	for i := range vals {
+		vals[i] = kv[2*i+1]
+		h[kv[2*i]] = vals[i : i+1 : i+1]
+	}
 }
 
 // declareAppTrailers announces the app's own trailers (not the sidecars'
