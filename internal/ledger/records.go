@@ -42,6 +42,16 @@ func FromRecord(r *tallyv1.Record, instance string, batchSeq uint64, index int) 
 // BatchEntries returns the leaves of a batch's records, in order, with the
 // indices of the records they came from.
 func BatchEntries(b *tallyv1.RecordBatch) (entries []Entry, from []int) {
+	n := 0
+	for _, r := range b.GetRecords() {
+		if k := r.GetKind(); k == tallyv1.RecordKind_RECORD_KIND_CONFIRMED || k == tallyv1.RecordKind_RECORD_KIND_OMISSION {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	entries, from = make([]Entry, 0, n), make([]int, 0, n)
 	for i, r := range b.GetRecords() {
 		if e, ok := FromRecord(r, b.GetInstanceId(), b.GetBatchSeq(), i); ok {
 			entries = append(entries, e)

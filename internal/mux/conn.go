@@ -456,6 +456,19 @@ func canonical(name string) string {
 	return k
 }
 
+// dataBufs recycles the buffers that hold a stream's DATA (received, or
+// written by a handler) between streams; one that grew past 64 KiB is left
+// to the garbage collector.
+var dataBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+func getDataBuf() []byte { return (*dataBufs.Get().(*[]byte))[:0] }
+
+func putDataBuf(b []byte) {
+	if b != nil && cap(b) <= 64<<10 {
+		dataBufs.Put(&b)
+	}
+}
+
 // decodeFields splits a header block into pseudo-headers and a header map.
 func decodeFields(fields []hpack.HeaderField, pseudo func(name, value string) error) (http.Header, error) {
 	h := make(http.Header, len(fields))

@@ -398,6 +398,9 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 	if w.req.Method == http.MethodHead {
 		return len(p), nil
 	}
+	if w.buf == nil {
+		w.buf = getDataBuf()
+	}
 	w.buf = append(w.buf, p...)
 	if len(w.buf) >= 64<<10 {
 		if err := w.FlushError(); err != nil {
@@ -460,6 +463,7 @@ func (w *responseWriter) trailers() http.Header {
 // finish ends the response: headers if not yet sent, the buffered data and
 // the trailers, in as few writes as possible.
 func (w *responseWriter) finish() {
+	defer func() { putDataBuf(w.buf); w.buf = nil }()
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}

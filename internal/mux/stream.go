@@ -65,6 +65,9 @@ func (s *stream) deliver(p []byte) bool {
 			s.rmu.Unlock()
 			return false
 		}
+		if s.buf == nil {
+			s.buf = getDataBuf()
+		}
 		s.buf = append(s.buf, p...)
 		s.rcond.Broadcast()
 		s.rmu.Unlock()
@@ -104,6 +107,9 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 	err, tr, onEOF := s.rerr, s.trailer, s.onEOF
 	s.onEOF = nil
+	// Drained and ended: nothing is appended after rerr is set.
+	putDataBuf(s.buf)
+	s.buf, s.off = nil, 0
 	s.rmu.Unlock()
 	if err == io.EOF && onEOF != nil {
 		onEOF(tr)

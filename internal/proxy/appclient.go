@@ -56,6 +56,7 @@ type h1Conn struct {
 type limitedConnReader struct {
 	nc        net.Conn
 	remaining int64
+	tooLarge  error // returned once remaining is used up
 }
 
 var errAppHeaderTooLarge = errors.New("app response header block over the limit (--max-header-bytes)")
@@ -63,7 +64,7 @@ var errAppHeaderTooLarge = errors.New("app response header block over the limit 
 func (l *limitedConnReader) Read(p []byte) (int, error) {
 	if l.remaining >= 0 {
 		if l.remaining == 0 {
-			return 0, errAppHeaderTooLarge
+			return 0, l.tooLarge
 		}
 		if int64(len(p)) > l.remaining {
 			p = p[:l.remaining]
@@ -181,6 +182,7 @@ func (c *h1Client) get(ctx context.Context) (*h1Conn, error) {
 	cn := &h1Conn{nc: nc}
 	cn.lr.nc = nc
 	cn.lr.remaining = -1
+	cn.lr.tooLarge = errAppHeaderTooLarge
 	cn.br = bufio.NewReaderSize(&cn.lr, 16<<10)
 	cn.bw = bufio.NewWriterSize(nc, 8<<10)
 	return cn, nil

@@ -236,7 +236,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 		wg.Go(func() { p.serveInbound(runCtx, srv, mln) })
 	}
 	if outbound != nil {
-		srv := p.outboundServer()
+		srv := &h1Server{
+			handler:           http.HandlerFunc(p.serveOutbound),
+			maxHeader:         p.cfg.MaxHeaderBytes + 4096,
+			readHeaderTimeout: 10 * time.Second,
+			idleTimeout:       2 * time.Minute,
+			h2c:               p.outboundServer(),
+			log:               p.log,
+			badInput:          func(what string) { p.met.badInput.WithLabelValues(what).Inc() },
+		}
 		servers = append(servers, srv)
 		wg.Go(func() { srv.Serve(outbound) })
 	}

@@ -1,0 +1,250 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// startH1 serves h on loopback with an h1Server and returns its address.
+func startH1(t *testing.T, h http.HandlerFunc) (string, *h1Server, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	protos := new(http.Protocols)
+	protos.SetUnencryptedHTTP2(true)
+	bad := new(atomic.Int32)
+	s := &h1Server{handler: h, maxHeader: 2048, readHeaderTimeout: 2 * time.Second, idleTimeout: 5 * time.Second,
+		h2c: &http.Server{Handler: h, Protocols: protos}, log: slog.New(slog.DiscardHandler),
+		badInput: func(string) { bad.Add(1) }}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	return ln.Addr().String(), s, bad
+}
+
+// exchange writes raw to a new connection and returns the responses read.
+func exchange(t *testing.T, addr, raw string, reqs ...*http.Request) ([]*http.Response, []string, error) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, raw)
+	br := bufio.NewReader(c)
+	var resps []*http.Response
+	var bodies []string
+	for _, req := range reqs {
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			return resps, bodies, err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resps, bodies = append(resps, resp), append(bodies, string(b))
+		if err != nil {
+			return resps, bodies, err
+		}
+	}
+	return resps, bodies, nil
+}
+
+func get(method string) *http.Request { return &http.Request{Method: method} }
+
+func TestH1ServerKeepAliveAndLengths(t *testing.T) {
+	addr, _, _ := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Host", r.Host)
+		fmt.Fprintf(w, "%s %s %s", r.Method, r.URL.RequestURI(), b)
+	})
+	raw := "POST /a?x=1 HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\n\r\nabc" +
+		"GET /b HTTP/1.1\r\nHost: svc\r\n\r\n" +
+		"HEAD /c HTTP/1.1\r\nHost: svc\r\n\r\n" +
+		"GET /d HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+	resps, bodies, err := exchange(t, addr, raw, get("POST"), get("GET"), get("HEAD"), get("GET"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"POST /a?x=1 abc", "GET /b ", "", "GET /d hi"}
+	for i, resp := range resps {
+		if bodies[i] != want[i] || resp.StatusCode != 200 || resp.Header.Get("X-Host") != "svc" || resp.Header.Get("Date") == "" {
+			t.Errorf("response %d: %d %q header %v, want body %q", i, resp.StatusCode, bodies[i], resp.Header, want[i])
+		}
+		if i != 2 && resp.ContentLength != int64(len(want[i])) {
+			t.Errorf("response %d: Content-Length %d, want %d", i, resp.ContentLength, len(want[i]))
+		}
+	}
+}
+
+func TestH1ServerChunksLargeBodiesWithTrailers(t *testing.T) {
+	big := strings.Repeat("x", 10_000)
+	addr, _, _ := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "Content-Digest")
+		w.WriteHeader(201)
+		io.WriteString(w, big)
+		w.Header().Set("Content-Digest", "sha-256=:abc=:")
+		w.Header().Set(http.TrailerPrefix+"X-Late", "yes")
+	})
+	resps, bodies, err := exchange(t, addr, "GET / HTTP/1.1\r\nHost: svc\r\n\r\nGET / HTTP/1.1\r\nHost: svc\r\n\r\n", get("GET"), get("GET"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, resp := range resps {
+		if resp.StatusCode != 201 || bodies[i] != big || len(resp.TransferEncoding) != 1 {
+			t.Fatalf("response %d: %d, %d bytes, TE %v", i, resp.StatusCode, len(bodies[i]), resp.TransferEncoding)
+		}
+		if resp.Trailer.Get("Content-Digest") != "sha-256=:abc=:" || resp.Trailer.Get("X-Late") != "yes" {
+			t.Errorf("response %d trailers %v", i, resp.Trailer)
+		}
+	}
+}
+
+func TestH1ServerAbortLeavesTheBodyBroken(t *testing.T) {
+	addr, _, _ := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		io.WriteString(w, strings.Repeat("y", 10))
+		http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	})
+	resps, _, err := exchange(t, addr, "GET / HTTP/1.1\r\nHost: svc\r\n\r\n", get("GET"))
+	if len(resps) != 1 || err == nil {
+		t.Fatalf("responses %d, err %v: want the body to fail", len(resps), err)
+	}
+	// Chunked: the terminating chunk must never be sent.
+	addr, _, _ = startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, strings.Repeat("y", 8000))
+		http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	})
+	if _, _, err := exchange(t, addr, "GET / HTTP/1.1\r\nHost: svc\r\n\r\n", get("GET")); err == nil {
+		t.Fatal("an aborted chunked body read as complete")
+	}
+}
+
+func TestH1ServerShortOfItsLengthCloses(t *testing.T) {
+	addr, _, _ := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		io.WriteString(w, "12345")
+	})
+	if _, _, err := exchange(t, addr, "GET / HTTP/1.1\r\nHost: svc\r\n\r\n", get("GET")); err == nil {
+		t.Fatal("a body short of its Content-Length read as complete")
+	}
+}
+
+func TestH1ServerRefusesBadRequests(t *testing.T) {
+	addr, _, bad := startH1(t, func(w http.ResponseWriter, r *http.Request) { t.Error("handler ran") })
+	for _, tc := range []struct {
+		raw    string
+		status int
+	}{
+		{"GET / HTTP/1.1\r\nHost: svc\r\nX-Big: " + strings.Repeat("b", 8000) + "\r\n\r\n", 431},
+		{"GET / HTTP/1.1\r\n\r\n", 400},
+		{"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400},
+		{"NOT A REQUEST\r\n\r\n", 400},
+		{"GET / HTTP/1.1\r\nHost: svc\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400},
+		{"GET / HTTP/1.1\r\nHost: svc\r\nExpect: teapot\r\n\r\n", 417},
+	} {
+		resps, bodies, err := exchange(t, addr, tc.raw, get("GET"))
+		if err != nil || resps[0].StatusCode != tc.status || !strings.HasPrefix(bodies[0], "tally: ") {
+			t.Errorf("%.40q: err %v, want %d with a reason", tc.raw, err, tc.status)
+			continue
+		}
+		if !resps[0].Close {
+			t.Errorf("%.40q: connection kept open after a refusal", tc.raw)
+		}
+	}
+	if bad.Load() != 5 {
+		t.Errorf("bad input counted %d times, want 5", bad.Load())
+	}
+}
+
+func TestH1ServerContinueAndHTTP10(t *testing.T) {
+	addr, _, _ := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+		if r.URL.Path == "/stream" {
+			http.NewResponseController(w).Flush()
+			w.Write([]byte("!"))
+		}
+	})
+	resps, bodies, err := exchange(t, addr, "POST / HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok", get("POST"), get("POST"))
+	if err != nil || resps[0].StatusCode != 100 || resps[1].StatusCode != 200 || bodies[1] != "ok" {
+		t.Fatalf("Expect: 100-continue: err %v, %v %q", err, resps, bodies)
+	}
+	resps, bodies, err = exchange(t, addr, "POST /stream HTTP/1.0\r\nContent-Length: 2\r\n\r\nok", get("POST"))
+	if err != nil || bodies[0] != "ok!" || !resps[0].Close || resps[0].Proto != "HTTP/1.0" {
+		t.Fatalf("HTTP/1.0 streamed: err %v, %q close=%v %s", err, bodies, resps[0].Close, resps[0].Proto)
+	}
+}
+
+func TestH1ServerHandsH2CToNetHTTP(t *testing.T) {
+	addr, _, _ := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s via %s", r.URL.Path, r.Proto)
+	})
+	protos := new(http.Protocols)
+	protos.SetUnencryptedHTTP2(true)
+	c := &http.Client{Transport: &http.Transport{Protocols: protos, TLSClientConfig: &tls.Config{}}, Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "/x via HTTP/2.0" {
+		t.Fatalf("h2c got %q", b)
+	}
+}
+
+func TestH1ServerShutdownFinishesWhatIsInFlight(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	addr, s, _ := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		<-release
+		io.WriteString(w, "done")
+	})
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	type result struct {
+		body string
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		_, bodies, err := exchange(t, addr, "GET / HTTP/1.1\r\nHost: svc\r\n\r\n", get("GET"))
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		got <- result{body: bodies[0]}
+	}()
+	<-started
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	time.Sleep(100 * time.Millisecond)
+	idle.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle.Read(make([]byte, 1)); err == nil {
+		t.Error("idle connection still open during shutdown")
+	}
+	close(release)
+	if r := <-got; r.err != nil || r.body != "done" {
+		t.Fatalf("in-flight request: %q, %v", r.body, r.err)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
