@@ -402,6 +402,9 @@ func (s *Server) validateBatch(peerID spiffeid.ID, svc string, b *tallyv1.Record
 			continue
 		}
 		pb.accepted[i] = true
+		if pr.GetIncludesSent() {
+			pb.recs = append(pb.recs, sentOf(r))
+		}
 		pb.recs = append(pb.recs, r)
 	}
 	return pb, nil
@@ -444,9 +447,19 @@ func (s *Server) applyPrepared(ctx context.Context, svc string, pb *preparedBatc
 	// Reconcile both sides' records in real time.
 	rrecs := make([]reconcile.Record, 0, len(recs))
 	for i, pr := range b.GetRecords() {
-		if accepted[i] {
-			rrecs = append(rrecs, toReconcile(pr, b.GetInstanceId()))
+		if !accepted[i] {
+			continue
 		}
+		rr := toReconcile(pr, b.GetInstanceId())
+		if pr.GetIncludesSent() {
+			sent := rr
+			sent.Kind = reconcile.Sent
+			if !rr.At.IsZero() {
+				sent.At = rr.At.Add(-time.Duration(pr.GetLatencyNanos()))
+			}
+			rrecs = append(rrecs, sent)
+		}
+		rrecs = append(rrecs, rr)
 	}
 	s.applyFindings(ctx, s.recon.AddBatch(rrecs, now))
 }
@@ -469,6 +482,18 @@ func (s *Server) publishApplied(a Applied) {
 	if a.Evicted > 0 {
 		s.m.evicted.Add(float64(a.Evicted))
 	}
+}
+
+// sentOf is the SENT record a CONFIRMED record with includes_sent stands
+// for: sent at its time less its latency.
+func sentOf(confirmed Record) Record {
+	r := confirmed
+	r.Kind = tallyv1.RecordKind_RECORD_KIND_SENT
+	if !r.At.IsZero() {
+		r.At = r.At.Add(-r.Latency)
+	}
+	r.Latency, r.RequestBytes, r.ResponseBytes = 0, 0, 0
+	return r
 }
 
 func toReconcile(pr *tallyv1.Record, instance string) reconcile.Record {
@@ -592,6 +617,9 @@ func validateRecord(pr *tallyv1.Record, peerID spiffeid.ID, svc string, td spiff
 	}
 	if r.RequestBytes < 0 || r.ResponseBytes < 0 || r.Latency < 0 || pr.GetAtUnixNano() < 0 {
 		return Record{}, rejectValue, errors.New("negative byte count, latency or time")
+	}
+	if pr.GetIncludesSent() && r.Kind != tallyv1.RecordKind_RECORD_KIND_CONFIRMED {
+		return Record{}, rejectValue, fmt.Errorf("includes_sent on a %s record: only CONFIRMED may stand for its SENT", kindLabel(r.Kind))
 	}
 	if n := pr.GetAtUnixNano(); n > 0 {
 		r.At = time.Unix(0, n).UTC()

@@ -500,3 +500,33 @@ func TestReportOmissionWithUnknownSide(t *testing.T) {
 		t.Errorf("rejected{invalid_destination} = %v, want 1 (a SENT record needs its destination)", got)
 	}
 }
+
+func TestReportConfirmedStandsForItsSent(t *testing.T) {
+	p := startPlane(t, "")
+	frontend := p.join(t, "frontend")
+	stream, err := frontend.mesh.Report(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := callerRecord(tallyv1.RecordKind_RECORD_KIND_CONFIRMED, 1)
+	both.LatencyNanos, both.IncludesSent = int64(time.Millisecond), true
+	wrong := callerRecord(tallyv1.RecordKind_RECORD_KIND_SENT, 2)
+	wrong.IncludesSent = true // only CONFIRMED may
+	report(t, stream, &tallyv1.RecordBatch{BatchSeq: 1, InstanceId: hexID(1), Records: []*tallyv1.Record{both, wrong}})
+	var edges struct {
+		Items []control.Edge `json:"items"`
+	}
+	p.getJSON(t, "/api/v1/edges", &edges)
+	if len(edges.Items) != 1 {
+		t.Fatalf("edges = %+v, want one", edges.Items)
+	}
+	if e := edges.Items[0]; e.Sent != 1 || e.Confirmed != 1 || e.InFlight != 0 {
+		t.Errorf("edge = %+v, want sent 1 confirmed 1 in flight 0", e)
+	}
+	if got := p.metric(t, "tally_records_rejected_total", map[string]string{"reason": "invalid_value"}); got != 1 {
+		t.Errorf("rejected invalid_value = %v, want 1", got)
+	}
+	if got := p.metric(t, "tally_ledger_size", nil); got != 1 {
+		t.Errorf("ledger size = %v, want 1 (one confirmation leaf)", got)
+	}
+}

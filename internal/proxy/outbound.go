@@ -76,6 +76,7 @@ type call struct {
 	start time.Time
 	pc    *peerConn
 	req   *verifyingReader // the request body as sent
+	sent  pendingRef       // the SENT record, which its CONFIRMED may replace
 }
 
 func (p *Proxy) edgeFor(dest string) *edge {
@@ -478,14 +479,14 @@ func (p *Proxy) confirm(c *call, req *verifyingReader, sum [32]byte, n int64) {
 	rec.RequestBytes = reqLen
 	rec.ResponseBytes = n
 	rec.LatencyNanos = int64(lat)
-	p.rec.add(rec)
+	p.rec.settle(c.sent, rec)
 }
 
 // markSent counts and records a message as sent: from here on it ends as
 // confirmed or as an omission.
 func (p *Proxy) markSent(c *call) {
 	c.edge.sent.Inc()
-	p.rec.add(c.record(tallyv1.RecordKind_RECORD_KIND_SENT))
+	c.sent = p.rec.add(c.record(tallyv1.RecordKind_RECORD_KIND_SENT))
 }
 
 // callerOmission counts, records and logs an omission seen by the caller's

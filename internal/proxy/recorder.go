@@ -42,7 +42,8 @@ type recorder struct {
 	unacked  []*tallyv1.RecordBatch
 	nextSend int // index in unacked of the next batch to send
 	batchSeq uint64
-	count    int   // records in pending and unacked
+	cuts     uint64 // batches cut so far: names the pending batch in a pendingRef
+	count    int    // records in pending and unacked
 	dropped  int64 // records refused since the last audit_gap record
 	changed  *sync.Cond
 }
@@ -54,26 +55,52 @@ func newRecorder(instance, service string, limit int, met *metrics) *recorder {
 	return r
 }
 
+// pendingRef is where add put a record: its index in the batch being
+// filled, while that batch is not cut.
+type pendingRef struct {
+	rec *tallyv1.Record
+	cut uint64 // recorder.cuts when it was added
+	idx int    // -1: not held (dropped)
+}
+
 // add takes a record; urgent records (omissions) are uploaded at once.
-func (r *recorder) add(rec *tallyv1.Record) {
+func (r *recorder) add(rec *tallyv1.Record) pendingRef {
+	return r.settle(pendingRef{idx: -1}, rec)
+}
+
+// settle takes rec, the CONFIRMED record that ends the message whose SENT
+// record is sent: if that one still waits in the batch being filled, rec
+// takes its place and says so (includes_sent), so the batch carries one
+// record for the message instead of two. Otherwise it is added as add
+// does.
+func (r *recorder) settle(sent pendingRef, rec *tallyv1.Record) pendingRef {
 	rec.InstanceId = r.instance
 	if rec.AtUnixNano == 0 {
 		rec.AtUnixNano = time.Now().UnixNano()
 	}
 	r.mu.Lock()
+	if sent.idx >= 0 && sent.cut == r.cuts && sent.idx < len(r.pending) && r.pending[sent.idx] == sent.rec &&
+		rec.Kind == tallyv1.RecordKind_RECORD_KIND_CONFIRMED {
+		rec.IncludesSent = true
+		r.pending[sent.idx] = rec
+		r.mu.Unlock()
+		return pendingRef{rec: rec, cut: sent.cut, idx: sent.idx}
+	}
 	if r.count >= r.limit {
 		r.dropped++
 		r.mu.Unlock()
 		r.met.recordsDropped.Inc()
 		r.met.limitHits.WithLabelValues("record_buffer").Inc()
-		return
+		return pendingRef{idx: -1}
 	}
+	ref := pendingRef{rec: rec, cut: r.cuts, idx: len(r.pending)}
 	r.appendLocked(rec)
 	urgent := rec.Kind == tallyv1.RecordKind_RECORD_KIND_OMISSION || len(r.pending) >= maxBatchRecords
 	r.mu.Unlock()
 	if urgent {
 		r.wake()
 	}
+	return ref
 }
 
 func (r *recorder) appendLocked(rec *tallyv1.Record) {
@@ -138,6 +165,7 @@ func hasOmission(recs []*tallyv1.Record) bool {
 
 func (r *recorder) cutLocked() *tallyv1.RecordBatch {
 	r.batchSeq++
+	r.cuts++
 	b := &tallyv1.RecordBatch{BatchSeq: r.batchSeq, InstanceId: r.instance, Records: r.pending}
 	if r.sign != nil {
 		r.sign(b)

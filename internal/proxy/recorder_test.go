@@ -91,3 +91,33 @@ func TestRecorderFlushWaitsForAcks(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestRecorderConfirmedTakesThePlaceOfItsSent(t *testing.T) {
+	r := newTestRecorder(100)
+	ctx := t.Context()
+	confirmed := func(id string) *tallyv1.Record {
+		return &tallyv1.Record{Kind: tallyv1.RecordKind_RECORD_KIND_CONFIRMED, MessageId: id, Source: "frontend", Destination: "orders"}
+	}
+	a := r.add(sent("a"))
+	r.add(sent("b"))
+	r.settle(a, confirmed("a"))
+	b1, err := r.next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b1.Records) != 2 || b1.Records[0].Kind != tallyv1.RecordKind_RECORD_KIND_CONFIRMED || !b1.Records[0].IncludesSent ||
+		b1.Records[1].MessageId != "b" {
+		t.Fatalf("batch 1 = %v, want CONFIRMED(a, includes_sent) then SENT(b)", b1.Records)
+	}
+	// b's SENT left in batch 1: its CONFIRMED is a record of its own.
+	c := r.add(sent("c"))
+	r.settle(pendingRef{rec: b1.Records[1], cut: 0, idx: 1}, confirmed("b"))
+	r.ack(1)
+	b2, _ := r.next(ctx)
+	if len(b2.Records) != 2 || b2.Records[0] != c.rec || b2.Records[1].MessageId != "b" || b2.Records[1].IncludesSent {
+		t.Fatalf("batch 2 = %v, want SENT(c) then CONFIRMED(b) without includes_sent", b2.Records)
+	}
+	if n := r.held(); n != 2 {
+		t.Errorf("held %d records, want 2", n)
+	}
+}

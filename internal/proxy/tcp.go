@@ -285,7 +285,7 @@ func (p *Proxy) relayTCP(ctx context.Context, dest string, client *net.TCPConn) 
 	rec.RequestDigest, rec.RequestBytes = upFin.sum[:], upFin.n
 	rec.ResponseDigest, rec.ResponseBytes = ds[:], down.m.n
 	rec.LatencyNanos = int64(lat)
-	p.rec.add(rec)
+	p.rec.settle(c.sent, rec)
 }
 
 // serveInboundTCP is the callee side of a TCP stream: it dials the app and

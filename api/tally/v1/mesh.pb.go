@@ -582,8 +582,12 @@ type Record struct {
 	// per-edge sequence space seq belongs to. On caller records it equals
 	// instance_id and may be left empty.
 	PeerInstanceId string `protobuf:"bytes,19,opt,name=peer_instance_id,json=peerInstanceId,proto3" json:"peer_instance_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// CONFIRMED only: this record also stands for the message's SENT record,
+	// which the sidecar left out because both fell in one batch. Its SENT
+	// time is at_unix_nano - latency_nanos.
+	IncludesSent  bool `protobuf:"varint,20,opt,name=includes_sent,json=includesSent,proto3" json:"includes_sent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Record) Reset() {
@@ -747,6 +751,13 @@ func (x *Record) GetPeerInstanceId() string {
 		return x.PeerInstanceId
 	}
 	return ""
+}
+
+func (x *Record) GetIncludesSent() bool {
+	if x != nil {
+		return x.IncludesSent
+	}
+	return false
 }
 
 type RecordBatch struct {
@@ -981,7 +992,7 @@ const file_tally_v1_mesh_proto_rawDesc = "" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\x12\n" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x18\n" +
 	"\apercent\x18\x04 \x01(\x01R\apercent\x12\x19\n" +
-	"\bdelay_ms\x18\x05 \x01(\x03R\adelayMs\"\x9c\x05\n" +
+	"\bdelay_ms\x18\x05 \x01(\x03R\adelayMs\"\xc1\x05\n" +
 	"\x06Record\x12(\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x14.tally.v1.RecordKindR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -1005,7 +1016,8 @@ const file_tally_v1_mesh_proto_rawDesc = "" +
 	"\breporter\x18\x11 \x01(\tR\breporter\x12\x1f\n" +
 	"\vinstance_id\x18\x12 \x01(\tR\n" +
 	"instanceId\x12(\n" +
-	"\x10peer_instance_id\x18\x13 \x01(\tR\x0epeerInstanceId\"\xaf\x01\n" +
+	"\x10peer_instance_id\x18\x13 \x01(\tR\x0epeerInstanceId\x12#\n" +
+	"\rincludes_sent\x18\x14 \x01(\bR\fincludesSent\"\xaf\x01\n" +
 	"\vRecordBatch\x12\x1b\n" +
 	"\tbatch_seq\x18\x01 \x01(\x04R\bbatchSeq\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
