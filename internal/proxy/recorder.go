@@ -44,7 +44,7 @@ type recorder struct {
 	batchSeq uint64
 	cuts     uint64 // batches cut so far: names the pending batch in a pendingRef
 	count    int    // records in pending and unacked
-	dropped  int64 // records refused since the last audit_gap record
+	dropped  int64  // records refused since the last audit_gap record
 	changed  *sync.Cond
 }
 
