@@ -421,7 +421,8 @@ func headerListSize(h http.Header) uint32 {
 }
 
 // encodeHeader writes h's fields, except hop-by-hop ones, trailers
-// announced with http.TrailerPrefix, and the keys in skip.
+// announced with http.TrailerPrefix, and the keys in skip. enc must be
+// c.henc, which writes to c.hbuf.
 func (c *conn) encodeHeader(enc *hpack.Encoder, h http.Header, skip ...string) {
 	for k, vs := range h {
 		if hopHeaders[k] || strings.HasPrefix(k, http.TrailerPrefix) || (len(skip) > 0 && slices.Contains(skip, k)) {
@@ -435,11 +436,44 @@ func (c *conn) encodeHeader(enc *hpack.Encoder, h http.Header, skip ...string) {
 			}
 			continue
 		}
-		name, never := lower(k), c.neverIndex[k]
+		name := lower(k)
+		if c.neverIndex[k] {
+			for _, v := range vs {
+				c.hbuf.Write(appendNeverIndexed(c.hbuf.AvailableBuffer(), name, v))
+			}
+			continue
+		}
 		for _, v := range vs {
-			enc.WriteField(hpack.HeaderField{Name: name, Value: v, Sensitive: never})
+			enc.WriteField(hpack.HeaderField{Name: name, Value: v})
 		}
 	}
+}
+
+// appendNeverIndexed appends a "literal header field never indexed" with a
+// literal name (RFC 7541 §6.2.3), both strings without Huffman coding:
+// the values sent so are new in every message (ids, digests, MACs), so
+// there is nothing for either table to keep, and plain strings cost the
+// peer a copy instead of a Huffman decode. The encoder's table is never
+// resized, so no size update can be pending ahead of such a field.
+func appendNeverIndexed(b []byte, name, value string) []byte {
+	b = append(b, 0x10)
+	b = appendHpackString(b, name)
+	return appendHpackString(b, value)
+}
+
+// appendHpackString appends s as a string literal (RFC 7541 §5.2, H = 0).
+func appendHpackString(b []byte, s string) []byte {
+	// Length as an integer with a 7-bit prefix (§5.1).
+	if n := uint64(len(s)); n < 127 {
+		b = append(b, byte(n))
+	} else {
+		b = append(b, 127)
+		for n -= 127; n >= 128; n >>= 7 {
+			b = append(b, byte(n&0x7f|0x80))
+		}
+		b = append(b, byte(n))
+	}
+	return append(b, s...)
 }
 
 // canonicalNames caches canonical header keys.

@@ -289,27 +289,43 @@ func TestSilentPeerIsDropped(t *testing.T) {
 
 func TestNeverIndexedFieldsLeaveTheTableAlone(t *testing.T) {
 	c := newConn(nil, 0, []string{"tally-message-id"})
-	var buf bytes.Buffer
-	enc := hpack.NewEncoder(&buf)
-	h := http.Header{"Tally-Message-Id": {"0123456789abcdef0123456789abcdef"}, "X-Other": {"v"}}
+	buf, enc := &c.hbuf, c.henc
+	long := strings.Repeat("z", 300) // a length past the 7-bit prefix
+	h := http.Header{"Tally-Message-Id": {"0123456789abcdef0123456789abcdef", long}, "X-Other": {"v"}}
 	c.encodeHeader(enc, h)
 	var got []hpack.HeaderField
 	dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { got = append(got, f) })
 	if _, err := dec.Write(buf.Bytes()); err != nil {
 		t.Fatal(err)
 	}
+	var ids []string
 	for _, f := range got {
 		if want := f.Name == "tally-message-id"; f.Sensitive != want {
 			t.Errorf("%s: never-indexed %v, want %v", f.Name, f.Sensitive, want)
 		}
+		if f.Name == "tally-message-id" {
+			ids = append(ids, f.Value)
+		}
 	}
-	// Only x-other entered the table: 32 + len("x-other") + len("v").
-	if n := len(got); n != 2 {
-		t.Fatalf("decoded %d fields, want 2", n)
+	if len(got) != 3 || len(ids) != 2 || ids[0] != h["Tally-Message-Id"][0] || ids[1] != long {
+		t.Fatalf("decoded %v, want both ids and x-other", got)
 	}
 	buf.Reset()
 	c.encodeHeader(enc, http.Header{"X-Other": {"v"}})
 	if buf.Len() != 1 {
 		t.Errorf("x-other re-encoded in %d bytes, want 1 (indexed)", buf.Len())
+	}
+}
+
+func TestNeverIndexedLiteralLengths(t *testing.T) {
+	for _, n := range []int{0, 1, 126, 127, 128, 254, 255, 16383, 16384, 70000} {
+		v := strings.Repeat("v", n)
+		b := appendNeverIndexed(nil, "x-n", v)
+		var got []hpack.HeaderField
+		dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { got = append(got, f) })
+		dec.SetMaxStringLength(1 << 20)
+		if _, err := dec.Write(b); err != nil || len(got) != 1 || got[0].Value != v || !got[0].Sensitive {
+			t.Fatalf("length %d: err %v, decoded %d fields", n, err, len(got))
+		}
 	}
 }
