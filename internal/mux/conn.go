@@ -491,14 +491,15 @@ func canonical(name string) string {
 }
 
 // dataBufs recycles the buffers that hold a stream's DATA (received, or
-// written by a handler) between streams; one that grew past 64 KiB is left
-// to the garbage collector.
+// written by a handler) between streams; one that grew past 256 KiB is
+// left to the garbage collector. (A 64 KiB body grows its buffer to 128
+// KiB: keeping those matters as much as keeping small ones.)
 var dataBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
 func getDataBuf() []byte { return (*dataBufs.Get().(*[]byte))[:0] }
 
 func putDataBuf(b []byte) {
-	if b != nil && cap(b) <= 64<<10 {
+	if b != nil && cap(b) <= 256<<10 {
 		dataBufs.Put(&b)
 	}
 }
