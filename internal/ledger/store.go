@@ -376,7 +376,7 @@ func openSQLite(ctx context.Context, dir string, readOnly bool) (*sqliteStore, e
 	s.db.SetMaxOpenConns(4)
 	s.db.SetMaxIdleConns(4)
 	if !readOnly {
-		if s.wdb, err = sql.Open("sqlite", dsn+"&_txlock=immediate&_pragma=cache_size(-65536)"); err != nil {
+		if s.wdb, err = sql.Open("sqlite", dsn+"&_txlock=immediate&_pragma=cache_size(-65536)&_pragma=temp_store(MEMORY)"); err != nil {
 			s.db.Close()
 			return nil, fmt.Errorf("opening SQLite ledger: %w", err)
 		}
