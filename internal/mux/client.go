@@ -297,11 +297,13 @@ func (b *responseBody) Close() error {
 	_, live := c.streams[b.s.id]
 	c.mu.Unlock()
 	if live {
-		b.cc.cancel(b.s, errors.New("mux: response body closed"))
+		b.cc.cancel(b.s, errBodyClosed)
 	}
-	b.s.abandon(errors.New("mux: response body closed"))
+	b.s.abandon(errBodyClosed)
 	return nil
 }
+
+var errBodyClosed = errors.New("mux: response body closed")
 
 func (cc *ClientConn) readLoop() {
 	c := cc.c

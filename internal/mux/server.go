@@ -91,6 +91,7 @@ type serverConn struct {
 	c      *conn
 	ctx    context.Context
 	lastID uint32 // highest stream opened; read loop only, then under srv.mu for GOAWAY
+	remote string // the peer's address, for Request.RemoteAddr
 }
 
 var errShutdown = errors.New("mux: server shutting down")
@@ -102,7 +103,7 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 		maxStreams = defaultMaxStreams
 	}
 	s.init()
-	sc := &serverConn{srv: s, c: newConn(nc, s.MaxHeaderBytes, s.NeverIndex), ctx: ctx}
+	sc := &serverConn{srv: s, c: newConn(nc, s.MaxHeaderBytes, s.NeverIndex), ctx: ctx, remote: nc.RemoteAddr().String()}
 	if s.ConnContext != nil {
 		sc.ctx = s.ConnContext(ctx, nc)
 	}
@@ -257,7 +258,7 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame, maxStreams uint32) er
 	}
 	req := &http.Request{
 		Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h, Host: authority,
-		RequestURI: path, RemoteAddr: c.nc.RemoteAddr().String(),
+		RequestURI: path, RemoteAddr: sc.remote,
 	}
 	if f.StreamEnded() {
 		req.Body = http.NoBody

@@ -155,6 +155,11 @@ func (s *h1Server) serveConn(c *h1ServerConn) {
 		s.wg.Done()
 	}()
 	lr := &limitedConnReader{nc: c.nc, remaining: -1, tooLarge: errRequestHeaderTooLarge}
+	remote := c.nc.RemoteAddr().String()
+	// One context for the connection's requests, ended with it (net/http
+	// makes one per request; nothing here needs that).
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	var body []byte // the response body buffer, reused across the connection's requests
 	br := bufio.NewReaderSize(lr, 4<<10)
 	bw := bufio.NewWriterSize(c.nc, 4<<10)
@@ -201,7 +206,7 @@ func (s *h1Server) serveConn(c *h1ServerConn) {
 			writeBareResponse(bw, http.StatusBadRequest, msg)
 			return
 		}
-		req.RemoteAddr = c.nc.RemoteAddr().String()
+		req.RemoteAddr = remote
 		if e := req.Header.Get("Expect"); e != "" {
 			if !strings.EqualFold(e, "100-continue") {
 				writeBareResponse(bw, http.StatusExpectationFailed, "unsupported Expect: "+e)
@@ -211,11 +216,9 @@ func (s *h1Server) serveConn(c *h1ServerConn) {
 			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
 			bw.Flush()
 		}
-		ctx, cancel := context.WithCancel(context.Background())
 		req = req.WithContext(ctx)
 		w := &h1Response{bw: bw, req: req, h: make(http.Header, 8), contentLength: -1, buf: body[:0]}
 		ok := s.run(w, req)
-		cancel()
 		if !ok {
 			// Aborted (http.ErrAbortHandler): the connection closes with the
 			// body incomplete, so the caller never takes it as whole.
