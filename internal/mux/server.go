@@ -25,6 +25,11 @@ type Server struct {
 	MaxConcurrentStreams uint32   // per connection; 0 = 1000
 	MaxHeaderBytes       int      // request header block limit; 0 = 64 KiB; over it: 431
 	NeverIndex           []string // as in ClientConfig
+	// FoldTrailer, if set, names trailers that may travel in the header
+	// block instead: when a handler returns before its header block went
+	// out, those of its trailers go there, which saves the peer a second
+	// header block. The peer must accept them in either place.
+	FoldTrailer func(name string) bool
 	// ConnContext returns the context of the requests on nc (values the
 	// handler finds with r.Context()). Nil: the context given to ServeConn.
 	ConnContext func(ctx context.Context, nc net.Conn) context.Context
@@ -461,6 +466,25 @@ func (w *responseWriter) trailers() http.Header {
 	return tr
 }
 
+// foldTrailers moves the trailers fold accepts into the header block
+// (which has not gone out yet).
+func (w *responseWriter) foldTrailers(tr http.Header, fold func(string) bool) {
+	kept := w.declared[:0:0]
+	for _, k := range w.declared {
+		if !fold(k) {
+			kept = append(kept, k)
+		}
+	}
+	w.declared = kept
+	for k, vs := range tr {
+		if fold(k) {
+			w.h[k] = vs
+			delete(w.h, http.TrailerPrefix+k)
+			delete(tr, k)
+		}
+	}
+}
+
 // finish ends the response: headers if not yet sent, the buffered data and
 // the trailers, in as few writes as possible.
 func (w *responseWriter) finish() {
@@ -473,6 +497,12 @@ func (w *responseWriter) finish() {
 		return
 	}
 	tr := w.trailers()
+	if fold := w.sc.srv.FoldTrailer; fold != nil && !w.sentHeader && len(tr) > 0 {
+		w.foldTrailers(tr, fold)
+		if len(tr) == 0 {
+			tr = nil
+		}
+	}
 	// Fast path: everything fits the send windows; one write, one flush.
 	n := len(w.buf)
 	c.mu.Lock()

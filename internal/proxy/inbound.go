@@ -126,6 +126,18 @@ func (p *Proxy) inboundServer() *mux.Server {
 		MaxConcurrentStreams: 1000,
 		MaxHeaderBytes:       p.cfg.MaxHeaderBytes + 4096,
 		NeverIndex:           perMessageFields,
+		// A response complete before its header block went out carries
+		// its digests and receipt in the header block: the caller reads
+		// each field from the trailers, else from the header
+		// (docs/PROTOCOL.md). Tally-Omission stays a trailer, so a header
+		// Tally-Omission always means "refused before the app answered".
+		FoldTrailer: func(k string) bool {
+			switch k {
+			case wire.HeaderContentDigest, wire.HeaderLength, wire.HeaderRequestDigest, wire.HeaderReceipt:
+				return true
+			}
+			return false
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			tc, ok := c.(*tls.Conn)
 			if !ok {
