@@ -19,7 +19,7 @@ import (
 
 // pair serves h on one end of a loopback TCP connection and returns a
 // client on the other.
-func pair(t *testing.T, h http.Handler) (*ClientConn, *Server) {
+func pair(t *testing.T, h http.Handler, opts ...func(*Server)) (*ClientConn, *Server) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -27,6 +27,9 @@ func pair(t *testing.T, h http.Handler) (*ClientConn, *Server) {
 	}
 	defer ln.Close()
 	srv := &Server{Handler: h, MaxHeaderBytes: 8 << 10}
+	for _, o := range opts {
+		o(srv)
+	}
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
@@ -326,6 +329,38 @@ func TestNeverIndexedLiteralLengths(t *testing.T) {
 		dec.SetMaxStringLength(1 << 20)
 		if _, err := dec.Write(b); err != nil || len(got) != 1 || got[0].Value != v || !got[0].Sensitive {
 			t.Fatalf("length %d: err %v, decoded %d fields", n, err, len(got))
+		}
+	}
+}
+
+func TestFoldedTrailersTravelInTheHeader(t *testing.T) {
+	cc, _ := pair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Sum, X-Keep")
+		io.WriteString(w, r.URL.Path)
+		if r.URL.Path == "/flushed" {
+			w.(http.Flusher).Flush() // the header block is out: nothing folds
+		}
+		w.Header().Set("X-Sum", "s")
+		w.Header().Set("X-Keep", "k")
+	}), func(s *Server) { s.FoldTrailer = func(k string) bool { return k == "X-Sum" } })
+	for _, tc := range []struct {
+		path   string
+		folded bool
+	}{{"/whole", true}, {"/flushed", false}} {
+		resp, err := cc.RoundTrip(request(t, "GET", tc.path, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(b) != tc.path {
+			t.Fatalf("%s: body %q, %v", tc.path, b, err)
+		}
+		inHeader := resp.Header.Get("X-Sum") == "s"
+		inTrailer := resp.Trailer.Get("X-Sum") == "s"
+		if inHeader != tc.folded || inTrailer == tc.folded || resp.Trailer.Get("X-Keep") != "k" || resp.Header.Get("X-Keep") != "" {
+			t.Errorf("%s: X-Sum in header %v, in trailer %v; X-Keep trailer %q header %q", tc.path, inHeader, inTrailer,
+				resp.Trailer.Get("X-Keep"), resp.Header.Get("X-Keep"))
 		}
 	}
 }
