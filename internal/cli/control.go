@@ -1,6 +1,9 @@
 package cli
 
 import (
+	"os"
+	"runtime/debug"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
@@ -23,6 +26,13 @@ DIR/admin-token (the bearer token of the writing REST endpoints). SIGTERM or
 Ctrl-C stops accepting, ends the sidecars' streams and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if os.Getenv("GOGC") == "" {
+				// Ingestion allocates per record while the live heap
+				// stays small (the ledger lives in the database):
+				// collecting half as often took a tenth off the control
+				// plane's CPU per record for a few MiB of heap.
+				debug.SetGCPercent(200)
+			}
 			cfg.Logger = newLogger(cmd)
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(
