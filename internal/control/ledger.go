@@ -133,17 +133,23 @@ func (li *ledgerIngest) prepare(ctx context.Context, peerID spiffeid.ID, b *tall
 }
 
 // commit appends prepared batches in one durable transaction (a group
-// commit: the batches a stream has queued share one fsync).
-func (li *ledgerIngest) commit(ctx context.Context, batches []ledger.Batch) error {
+// commit: the batches a stream has queued share one fsync). It returns the
+// log's size after them, 0 when there was nothing to append.
+func (li *ledgerIngest) commit(ctx context.Context, batches []ledger.Batch) (size uint64, err error) {
 	if len(batches) == 0 {
-		return nil
+		return 0, nil
 	}
-	if _, err := li.log.Append(ctx, batches...); err != nil {
+	first, err := li.log.Append(ctx, batches...)
+	if err != nil {
 		if errors.Is(err, ledger.ErrNotWriter) {
 			li.writer.Store(false)
-			return errNotWriter
+			return 0, errNotWriter
 		}
-		return status.Errorf(codes.Unavailable, "ledger append: %v", err)
+		return 0, status.Errorf(codes.Unavailable, "ledger append: %v", err)
+	}
+	size = first
+	for _, b := range batches {
+		size += uint64(len(b.Entries))
 	}
 	li.mu.Lock()
 	for _, b := range batches {
@@ -156,7 +162,7 @@ func (li *ledgerIngest) commit(ctx context.Context, batches []ledger.Batch) erro
 		}
 	}
 	li.mu.Unlock()
-	return nil
+	return size, nil
 }
 
 func seqKey(signer, instance string) string { return signer + " " + instance }

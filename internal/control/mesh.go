@@ -361,7 +361,8 @@ func (s *Server) applyBatches(ctx context.Context, peerID spiffeid.ID, svc strin
 	}
 	// Durable first: the batches are acknowledged only once their leaves
 	// are committed to the ledger.
-	if err := s.ledger.commit(ctx, lbs); err != nil {
+	size, err := s.ledger.commit(ctx, lbs)
+	if err != nil {
 		return err
 	}
 	for _, pb := range prepared {
@@ -369,7 +370,7 @@ func (s *Server) applyBatches(ctx context.Context, peerID spiffeid.ID, svc strin
 			s.applyPrepared(ctx, svc, pb)
 		}
 	}
-	if size, _, err := s.ledger.log.Head(ctx); err == nil {
+	if size > 0 {
 		s.m.ledgerSize.Set(float64(size))
 	}
 	return nil
