@@ -64,8 +64,9 @@ func newProxyCmd() *cobra.Command {
 			}
 			if os.Getenv("GOMEMLIMIT") == "" {
 				// With GOGC at 400 the heap may grow five times its live
-				// size; a soft limit keeps the sidecar small all the same.
-				debug.SetMemoryLimit(20 << 20)
+				// size; a soft limit keeps the sidecar small all the same,
+				// plus room for the records it holds for the control plane.
+				cfg.MemoryLimit = 20 << 20
 			}
 			cfg.Logger = newLogger(cmd)
 			p, err := proxy.New(cfg)

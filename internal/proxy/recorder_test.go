@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"runtime/debug"
 	"sync"
 	"testing"
 	"time"
@@ -120,4 +121,32 @@ func TestRecorderConfirmedTakesThePlaceOfItsSent(t *testing.T) {
 	if n := r.held(); n != 2 {
 		t.Errorf("held %d records, want 2", n)
 	}
+}
+
+func TestMemoryLimitFollowsHeldRecords(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(prev)
+	p := &Proxy{cfg: Config{MemoryLimit: 20 << 20}, rec: newTestRecorder(100_000)}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { p.followRecords(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitLimit := func(want int64) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for debug.SetMemoryLimit(-1) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("memory limit %d, want %d", debug.SetMemoryLimit(-1), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitLimit(20 << 20)
+	for range 10_000 {
+		p.rec.add(sent("x"))
+	}
+	waitLimit(20<<20 + 10_000*recordMemory)
+	b, _ := p.rec.next(t.Context())
+	p.rec.ack(b.BatchSeq)
+	waitLimit(20 << 20) // acknowledged: back to the base
 }
