@@ -469,17 +469,26 @@ func (w *responseWriter) trailers() http.Header {
 // foldTrailers moves the trailers fold accepts into the header block
 // (which has not gone out yet).
 func (w *responseWriter) foldTrailers(tr http.Header, fold func(string) bool) {
-	kept := w.declared[:0:0]
+	kept := w.declared[:0] // w.declared is this writer's own
 	for _, k := range w.declared {
 		if !fold(k) {
 			kept = append(kept, k)
 		}
 	}
 	w.declared = kept
+	prefixed := false // any keys set with http.TrailerPrefix?
+	for k := range w.h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			prefixed = true
+			break
+		}
+	}
 	for k, vs := range tr {
 		if fold(k) {
 			w.h[k] = vs
-			delete(w.h, http.TrailerPrefix+k)
+			if prefixed {
+				delete(w.h, http.TrailerPrefix+k)
+			}
 			delete(tr, k)
 		}
 	}

@@ -418,7 +418,7 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 		}
 	}
 	sum := rm.sum()
-	setFields(h, wire.HeaderContentDigest, digest.Format(sum), wire.HeaderLength, strconv.FormatInt(rm.n, 10))
+	respDigest, respLen := digest.Format(sum), strconv.FormatInt(rm.n, 10)
 	if appErr != nil {
 		// The app's response ended early (closed before its declared
 		// length, or a chunked body without its last chunk): say so in
@@ -428,7 +428,7 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 			detail = fmt.Sprintf("app declared Content-Length %d and closed after %d bytes", resp.ContentLength, rm.n)
 		}
 		p.calleeOmission(m, "truncated", detail)
-		h.Set(wire.HeaderOmission, "truncated")
+		setFields(h, wire.HeaderContentDigest, respDigest, wire.HeaderLength, respLen, wire.HeaderOmission, "truncated")
 		return
 	}
 	setAppTrailers(h, resp.Trailer)
@@ -438,12 +438,13 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 	if reqErr != nil {
 		om := asOmission(reqErr, reqLen)
 		p.calleeOmission(m, om.kind, "request: "+om.detail)
-		h.Set(wire.HeaderOmission, om.kind)
+		setFields(h, wire.HeaderContentDigest, respDigest, wire.HeaderLength, respLen, wire.HeaderOmission, om.kind)
 		return
 	}
 	mac := receipt.Sign(m.peer.key, receipt.Receipt{Kind: receipt.KindHTTP, MessageID: m.id, Seq: m.seq,
 		RequestDigest: reqSum, RequestLen: reqLen, ResponseDigest: sum, ResponseLen: rm.n})
-	setFields(h, wire.HeaderRequestDigest, digest.Format(reqSum), wire.HeaderReceipt, receipt.Format(mac))
+	setFields(h, wire.HeaderContentDigest, respDigest, wire.HeaderLength, respLen,
+		wire.HeaderRequestDigest, digest.Format(reqSum), wire.HeaderReceipt, receipt.Format(mac))
 	m.edge.received.Inc()
 	p.rec.add(&tallyv1.Record{
 		Kind: tallyv1.RecordKind_RECORD_KIND_RECEIVED, MessageId: m.id, Seq: m.seq,
