@@ -162,7 +162,7 @@ func (s *h1Server) serveConn(c *h1ServerConn) {
 	defer cancel()
 	var body []byte // the response body buffer, reused across the connection's requests
 	br := bufio.NewReaderSize(lr, 4<<10)
-	bw := bufio.NewWriterSize(c.nc, 4<<10)
+	bw := &outBuf{nc: c.nc, b: make([]byte, 0, 4<<10)}
 
 	// The header block limit counts from the first byte of each request
 	// (plus what bufio reads ahead of the body).
@@ -281,7 +281,7 @@ func checkRequest(req *http.Request) string {
 	return ""
 }
 
-func (s *h1Server) refuseRequest(nc net.Conn, bw *bufio.Writer, err error, first bool) {
+func (s *h1Server) refuseRequest(nc net.Conn, bw *outBuf, err error, first bool) {
 	var ne net.Error
 	switch {
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) && !first || errors.As(err, &ne) && ne.Timeout():
@@ -301,7 +301,7 @@ func (s *h1Server) refuseRequest(nc net.Conn, bw *bufio.Writer, err error, first
 
 // writeBareResponse answers with status and a text body, then the
 // connection closes.
-func writeBareResponse(bw *bufio.Writer, status int, msg string) {
+func writeBareResponse(bw *outBuf, status int, msg string) {
 	body := "tally: " + msg + "\n"
 	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
 		status, http.StatusText(status), len(body), body)
@@ -314,7 +314,7 @@ func writeBareResponse(bw *bufio.Writer, status int, msg string) {
 // connection (HTTP/1.0). Trailers are the keys the "Trailer" header
 // declared before WriteHeader, and keys set with http.TrailerPrefix.
 type h1Response struct {
-	bw            *bufio.Writer
+	bw            *outBuf
 	req           *http.Request
 	h             http.Header
 	status        int
@@ -388,13 +388,21 @@ func (w *h1Response) Write(p []byte) (int, error) {
 			return 0, w.err
 		}
 	}
-	if w.chunked {
+	large := len(p) >= 2<<10 // goes out with what is buffered, in one writev, uncopied
+	switch {
+	case w.chunked:
 		w.bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
 		w.bw.WriteString("\r\n")
+		if large {
+			w.err = w.bw.flushWith(p, crlf)
+		} else {
+			w.bw.Write(p)
+			w.bw.WriteString("\r\n")
+		}
+	case large:
+		w.err = w.bw.flushWith(p)
+	default:
 		w.bw.Write(p)
-		_, w.err = w.bw.WriteString("\r\n")
-	} else {
-		_, w.err = w.bw.Write(p)
 	}
 	if w.err != nil {
 		return 0, w.err
@@ -495,9 +503,67 @@ func (w *h1Response) sendHeader(final bool) error {
 	return err
 }
 
+var crlf = []byte("\r\n")
+
+// outBuf collects a connection's response bytes until a flush; a large
+// body part goes out beside them with one writev instead of being copied
+// in and written in pieces.
+type outBuf struct {
+	nc  net.Conn
+	b   []byte
+	err error
+}
+
+func (o *outBuf) Write(p []byte) (int, error) {
+	o.b = append(o.b, p...)
+	return len(p), o.err
+}
+
+func (o *outBuf) WriteString(s string) (int, error) {
+	o.b = append(o.b, s...)
+	return len(s), o.err
+}
+
+func (o *outBuf) WriteByte(c byte) error {
+	o.b = append(o.b, c)
+	return o.err
+}
+
+// Flush writes what is buffered.
+func (o *outBuf) Flush() error {
+	if len(o.b) > 0 && o.err == nil {
+		_, o.err = o.nc.Write(o.b)
+	}
+	o.reset()
+	return o.err
+}
+
+// flushWith writes what is buffered, then parts, with one system call.
+func (o *outBuf) flushWith(parts ...[]byte) error {
+	if o.err != nil {
+		return o.err
+	}
+	bufs := make(net.Buffers, 0, 1+len(parts))
+	if len(o.b) > 0 {
+		bufs = append(bufs, o.b)
+	}
+	bufs = append(bufs, parts...)
+	_, o.err = bufs.WriteTo(o.nc)
+	o.reset()
+	return o.err
+}
+
+func (o *outBuf) reset() {
+	if cap(o.b) > 64<<10 {
+		o.b = make([]byte, 0, 4<<10) // a large header block: do not keep it
+	} else {
+		o.b = o.b[:0]
+	}
+}
+
 // writeField writes k: v lines; a CR or LF in a value becomes a space, so
 // that no value can end the header block (as net/http does).
-func writeField(bw *bufio.Writer, k string, vs []string) {
+func writeField(bw *outBuf, k string, vs []string) {
 	for _, v := range vs {
 		if strings.ContainsAny(v, "\r\n") {
 			v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
