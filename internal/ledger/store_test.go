@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for tampering
 	"github.com/transparency-dev/merkle/proof"
@@ -418,8 +419,17 @@ func TestWriterTakeover(t *testing.T) {
 		}
 
 		a.Close() // the writer dies: its session (or file lock) goes
-		if err := b.AcquireWriter(ctx); err != nil {
-			t.Fatalf("takeover: %v", err)
+		// PostgreSQL frees a closed session's advisory lock when its backend
+		// has ended, a moment after the client hung up; the control plane
+		// retries every second, the test every 20 ms for 5 s.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			err := b.AcquireWriter(ctx)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, ledger.ErrNotWriter) || time.Now().After(deadline) {
+				t.Fatalf("takeover: %v", err)
+			}
 		}
 		if got := appendOK(t, b, ledger.Batch{Entries: all[10:20]}); got != 10 {
 			t.Errorf("takeover append at %d, want 10", got)
