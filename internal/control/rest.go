@@ -329,8 +329,10 @@ func parseCursor(s, list string) (string, error) {
 	if len(s) > 512 {
 		return "", errors.New("cursor: too long; pass the 'next' of the previous page")
 	}
+	// The decoder skips CR and LF even when strict: without this check a
+	// cursor would have more than one spelling.
 	b, err := base64.RawURLEncoding.Strict().DecodeString(s)
-	if err != nil {
+	if err != nil || strings.ContainsAny(s, "\r\n") {
 		return "", errors.New("cursor: malformed; pass the 'next' of the previous page")
 	}
 	key, ok := strings.CutPrefix(string(b), list+"1:")
