@@ -175,7 +175,7 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		enc.WriteField(hpack.HeaderField{Name: ":scheme", Value: "https"})
 		enc.WriteField(hpack.HeaderField{Name: ":authority", Value: host})
 		enc.WriteField(hpack.HeaderField{Name: ":path", Value: req.URL.RequestURI()})
-		c.encodeHeader(enc, req.Header)
+		c.encodeHeader(req.Header)
 		for k := range req.Trailer {
 			enc.WriteField(hpack.HeaderField{Name: "trailer", Value: lower(k)})
 		}
@@ -252,7 +252,7 @@ func (cc *ClientConn) writeBody(s *stream, req *http.Request) {
 	var err error
 	if len(req.Trailer) > 0 {
 		err = c.writeFrames(func() error {
-			return c.writeHeaderBlock(s.id, true, func(enc *hpack.Encoder) { c.encodeHeader(enc, req.Trailer) })
+			return c.writeHeaderBlock(s.id, true, func(enc *hpack.Encoder) { c.encodeHeader(req.Trailer) })
 		})
 	} else {
 		err = c.writeData(s, nil, true)

@@ -420,10 +420,11 @@ func headerListSize(h http.Header) uint32 {
 	return n
 }
 
-// encodeHeader writes h's fields, except hop-by-hop ones, trailers
-// announced with http.TrailerPrefix, and the keys in skip. enc must be
-// c.henc, which writes to c.hbuf.
-func (c *conn) encodeHeader(enc *hpack.Encoder, h http.Header, skip ...string) {
+// encodeHeader writes h's fields into the header block being built in
+// c.hbuf (see writeHeaderBlock), except hop-by-hop ones, trailers announced
+// with http.TrailerPrefix, and the keys in skip.
+func (c *conn) encodeHeader(h http.Header, skip ...string) {
+	enc := c.henc
 	for k, vs := range h {
 		if hopHeaders[k] || strings.HasPrefix(k, http.TrailerPrefix) || (len(skip) > 0 && slices.Contains(skip, k)) {
 			continue

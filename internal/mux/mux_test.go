@@ -292,10 +292,10 @@ func TestSilentPeerIsDropped(t *testing.T) {
 
 func TestNeverIndexedFieldsLeaveTheTableAlone(t *testing.T) {
 	c := newConn(nil, 0, []string{"tally-message-id"})
-	buf, enc := &c.hbuf, c.henc
+	buf := &c.hbuf
 	long := strings.Repeat("z", 300) // a length past the 7-bit prefix
 	h := http.Header{"Tally-Message-Id": {"0123456789abcdef0123456789abcdef", long}, "X-Other": {"v"}}
-	c.encodeHeader(enc, h)
+	c.encodeHeader(h)
 	var got []hpack.HeaderField
 	dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { got = append(got, f) })
 	if _, err := dec.Write(buf.Bytes()); err != nil {
@@ -314,7 +314,7 @@ func TestNeverIndexedFieldsLeaveTheTableAlone(t *testing.T) {
 		t.Fatalf("decoded %v, want both ids and x-other", got)
 	}
 	buf.Reset()
-	c.encodeHeader(enc, http.Header{"X-Other": {"v"}})
+	c.encodeHeader(http.Header{"X-Other": {"v"}})
 	if buf.Len() != 1 {
 		t.Errorf("x-other re-encoded in %d bytes, want 1 (indexed)", buf.Len())
 	}

@@ -441,7 +441,7 @@ func (w *responseWriter) FlushError() error {
 func (w *responseWriter) writeHeaders(end bool) error {
 	return w.sc.c.writeHeaderBlock(w.st.id, end, func(enc *hpack.Encoder) {
 		enc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(w.status)})
-		w.sc.c.encodeHeader(enc, w.h, w.declared...)
+		w.sc.c.encodeHeader(w.h, w.declared...)
 	})
 }
 
@@ -535,7 +535,7 @@ func (w *responseWriter) finish() {
 				}
 			}
 			if tr != nil {
-				return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) { c.encodeHeader(enc, tr) })
+				return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) { c.encodeHeader(tr) })
 			}
 			return nil
 		})
@@ -543,7 +543,7 @@ func (w *responseWriter) finish() {
 		if err = w.FlushError(); err == nil {
 			if tr != nil {
 				err = c.writeFrames(func() error {
-					return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) { c.encodeHeader(enc, tr) })
+					return c.writeHeaderBlock(st.id, true, func(enc *hpack.Encoder) { c.encodeHeader(tr) })
 				})
 			} else {
 				err = c.writeData(st, nil, true)
