@@ -226,8 +226,8 @@ func (s *h1Server) serveConn(c *h1ServerConn) {
 			return
 		}
 		w.finish()
-		if cap(w.spare) <= h1BodyBuffer {
-			body = w.spare
+		if cap(w.buf) <= h1BodyBuffer {
+			body = w.buf[:0]
 		}
 		if w.err != nil || w.closeAfter || req.Close || s.shutdown.Load() {
 			return
@@ -321,8 +321,7 @@ type h1Response struct {
 	wroteHeader   bool
 	sentHeader    bool
 	declared      []string
-	buf           []byte // body held until the header goes out
-	spare         []byte // buf's storage, once sent
+	buf           []byte // body held until the header goes out (appended to only before)
 	chunked       bool
 	contentLength int64 // declared by the handler; -1: none
 	written       int64
@@ -486,12 +485,11 @@ func (w *h1Response) sendHeader(final bool) error {
 		writeField(bw, k, vs)
 	}
 	bw.WriteString("\r\n")
-	if len(w.buf) == 0 {
-		w.buf, w.spare = nil, w.buf
+	b := w.buf
+	w.buf = b[:0] // its storage serves the connection's next response
+	if len(b) == 0 {
 		return nil
 	}
-	b := w.buf
-	w.buf, w.spare = nil, b[:0]
 	if w.chunked {
 		bw.WriteString(strconv.FormatInt(int64(len(b)), 16))
 		bw.WriteString("\r\n")
