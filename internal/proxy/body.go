@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"net/http"
 	"sync"
 	"time"
 )
@@ -120,11 +121,23 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	}
 }
 
+// emptySum is the SHA-256 of no bytes, the digest of every empty body.
+var emptySum = sha256.Sum256(nil)
+
+// endedEmpty is the verifyingReader of an empty body, already ended with
+// check's verdict (nil check: accepted), without hashing anything.
+func endedEmpty(check checkFunc) *verifyingReader {
+	v := &verifyingReader{src: http.NoBody, check: check, done: make(chan struct{})}
+	v.finishWith(io.EOF, emptySum)
+	return v
+}
+
 // finish records the end of the source: a clean EOF that passes check
 // becomes io.EOF; anything else is the failure.
-func (v *verifyingReader) finish(srcErr error) {
-	sum := v.m.sum()
-	if srcErr == io.EOF {
+func (v *verifyingReader) finish(srcErr error) { v.finishWith(srcErr, v.m.sum()) }
+
+func (v *verifyingReader) finishWith(srcErr error, sum [32]byte) {
+	if srcErr == io.EOF && v.check != nil {
 		srcErr = v.check(sum, v.m.n)
 		if srcErr == nil {
 			srcErr = io.EOF

@@ -99,3 +99,23 @@ func TestAsOmission(t *testing.T) {
 		t.Errorf("an omission passes as is: got %s", om.kind)
 	}
 }
+
+func TestEndedEmptyGivesCheckTheEmptyDigest(t *testing.T) {
+	var got [32]byte
+	v := endedEmpty(func(sum [32]byte, n int64) error {
+		got = sum
+		if n != 0 {
+			t.Errorf("check saw %d bytes", n)
+		}
+		return omitted("digest_mismatch", "refused")
+	})
+	if _, _, err := v.result(); err == nil || got != sha256.Sum256(nil) {
+		t.Fatalf("result err %v, check saw %x: want the refusal over the empty digest", err, got)
+	}
+	if n, err := v.Read(make([]byte, 1)); n != 0 || err == nil || err == io.EOF {
+		t.Errorf("Read = %d, %v: want the refusal, never a clean EOF", n, err)
+	}
+	if sum, n, err := endedEmpty(nil).result(); err != nil || n != 0 || sum != sha256.Sum256(nil) {
+		t.Errorf("nil check: %x %d %v", sum, n, err)
+	}
+}

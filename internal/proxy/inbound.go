@@ -312,8 +312,7 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 	)
 	switch {
 	case r.ContentLength == 0 && len(r.Trailer) == 0:
-		body = newVerifyingReader(http.NoBody, newMeter(), false, check)
-		io.Copy(io.Discard, body)
+		body = endedEmpty(check)
 	case r.ContentLength > 0 && r.ContentLength <= p.holdBytes() && !grpcCall:
 		// Small and of known size: verify it whole before the app sees it.
 		body = newVerifyingReader(r.Body, newMeter(), false, check)

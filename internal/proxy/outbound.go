@@ -130,20 +130,16 @@ func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 
 	out := p.outboundRequest(r, c)
 	var body *verifyingReader
-	reqMeter := newMeter()
 	if r.ContentLength == 0 && r.Body == http.NoBody || r.Body == nil {
-		sum := reqMeter.sum()
 		out.Body = nil
-		out.Header.Set(wire.HeaderContentDigest, digest.Format(sum))
-		out.Header.Set(wire.HeaderLength, "0")
-		body = newVerifyingReader(http.NoBody, reqMeter, false, func([32]byte, int64) error { return nil })
-		body.finish(io.EOF)
+		setFields(out.Header, wire.HeaderContentDigest, emptyDigest, wire.HeaderLength, "0")
+		body = endedEmpty(nil)
 	} else {
 		out.Trailer = http.Header{}
 		for _, k := range requestTrailers {
 			out.Trailer[k] = nil
 		}
-		body = newVerifyingReader(r.Body, reqMeter, false, func(sum [32]byte, n int64) error {
+		body = newVerifyingReader(r.Body, newMeter(), false, func(sum [32]byte, n int64) error {
 			// The app's own request trailers travel on, beside ours.
 			for k, vs := range r.Trailer {
 				if !isTallyField(k) && len(vs) > 0 {
@@ -322,6 +318,9 @@ func (p *Proxy) relayHTTP(w http.ResponseWriter, r *http.Request, c *call, resp 
 	setAppTrailers(h, resp.Trailer)
 	p.confirm(c, req, sum, n)
 }
+
+// emptyDigest is the Content-Digest of an empty body.
+var emptyDigest = digest.Format(emptySum)
 
 // setFields sets header fields from name, value pairs; the names must be
 // in canonical form. The values share one allocation.
