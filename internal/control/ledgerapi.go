@@ -73,28 +73,8 @@ type ledgerAPI struct {
 	log *slog.Logger
 }
 
-// serve writes h's error as Server.serve does: an *httpError as it is,
-// anything else as a logged 500.
-func (a *ledgerAPI) serve(h handlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := h(w, r)
-		if err == nil {
-			return
-		}
-		var he *httpError
-		if !errors.As(err, &he) {
-			he = &httpError{status: http.StatusInternalServerError, msg: "internal error", cause: err}
-			if errors.Is(err, ledger.ErrTampered) {
-				// Not a secret, and what an auditor needs to hear.
-				he.msg = "the ledger store is damaged: " + err.Error()
-			}
-		}
-		if he.status >= 500 {
-			a.log.Error("http request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		}
-		writeLedgerJSON(w, he.status, map[string]string{"error": he.msg})
-	})
-}
+// serve writes h's errors as Server.serve does, without HTML escaping.
+func (a *ledgerAPI) serve(h handlerFunc) http.Handler { return serveErrors(a.log, writeLedgerJSON, h) }
 
 // writeLedgerJSON is writeJSON without HTML escaping, so that an error
 // reads "index: must be < size (12)" on the wire too.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tally-mesh/tally/internal/identity"
+	"github.com/tally-mesh/tally/internal/ledger"
 	"github.com/tally-mesh/tally/internal/ledger/ledgerhttp"
 	"github.com/tally-mesh/tally/internal/web"
 )
@@ -64,7 +66,12 @@ func badRequest(format string, args ...any) error {
 // write: an *httpError as is, anything else as a 500 whose cause is logged.
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
-func (s *Server) serve(h handlerFunc) http.Handler {
+func (s *Server) serve(h handlerFunc) http.Handler { return serveErrors(s.log, writeJSON, h) }
+
+// serveErrors runs h and writes its error with write: an *httpError as it
+// is, a damaged ledger as what an auditor needs to hear, anything else as
+// a 500 whose cause is logged.
+func serveErrors(log *slog.Logger, write func(http.ResponseWriter, int, any) error, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		err := h(w, r)
 		if err == nil {
@@ -73,14 +80,18 @@ func (s *Server) serve(h handlerFunc) http.Handler {
 		var he *httpError
 		if !errors.As(err, &he) {
 			he = &httpError{status: http.StatusInternalServerError, msg: "internal error", cause: err}
+			if errors.Is(err, ledger.ErrTampered) {
+				// Not a secret, and what an auditor needs to hear.
+				he.msg = "the ledger store is damaged: " + err.Error()
+			}
 		}
 		if he.status >= 500 {
-			s.log.Error("http request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			log.Error("http request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
 		if he.status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tally"`)
 		}
-		writeJSON(w, he.status, map[string]string{"error": he.msg})
+		write(w, he.status, map[string]string{"error": he.msg})
 	})
 }
 
