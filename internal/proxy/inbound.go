@@ -352,6 +352,12 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 			refuse(w, om.kind, http.StatusBadGateway, "request not delivered whole: "+om.Error())
 			return
 		}
+		if errors.Is(err, errRequestTarget) {
+			// The caller's request, not the app, is at fault.
+			p.calleeOmission(m, "unconfirmed", err.Error())
+			refuse(w, "unconfirmed", http.StatusBadRequest, err.Error())
+			return
+		}
 		if errors.Is(err, errAppHeaderTooLarge) {
 			p.met.limitHits.WithLabelValues("header_bytes").Inc()
 		}
@@ -453,13 +459,15 @@ func (p *Proxy) deliverHTTP(w http.ResponseWriter, r *http.Request, m *inMessage
 	})
 }
 
+var errRequestTarget = errors.New("request target")
+
 // appRoundTrip carries a message to the app through net/http: a body that
 // streams, request trailers, or h2c.
 func (p *Proxy) appRoundTrip(r *http.Request, m *inMessage, body *verifyingReader, held []byte, trailer http.Header) (*http.Response, error) {
 	out, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+p.cfg.AppAddr+r.URL.RequestURI(), nil)
 	if err != nil {
 		p.met.badInput.WithLabelValues("request_target").Inc()
-		return nil, fmt.Errorf("request target: %w", err)
+		return nil, fmt.Errorf("%w: %v", errRequestTarget, err)
 	}
 	out.Header = r.Header.Clone()
 	for _, h := range append(hopHeaders, tallyHeaders...) {
