@@ -205,17 +205,6 @@ func (c *h1Client) put(cn *h1Conn) {
 	}
 }
 
-// closeIdle closes every pooled connection.
-func (c *h1Client) closeIdle() {
-	c.mu.Lock()
-	idle := c.idle
-	c.idle = nil
-	c.mu.Unlock()
-	for _, cn := range idle {
-		cn.close()
-	}
-}
-
 func (cn *h1Conn) close() {
 	cn.broken = true
 	cn.nc.Close()
