@@ -25,13 +25,17 @@ func pair(t *testing.T, h http.Handler, opts ...func(*Server)) (*ClientConn, *Se
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	srv := &Server{Handler: h, MaxHeaderBytes: 8 << 10}
 	for _, o := range opts {
 		o(srv)
 	}
 	go func() {
+		// The listener closes only once its one connection is accepted:
+		// closed earlier (a loaded machine may run this goroutine late),
+		// it would reset the connection still waiting in its backlog.
 		c, err := ln.Accept()
+		ln.Close()
 		if err != nil {
 			return
 		}
