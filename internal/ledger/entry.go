@@ -151,8 +151,14 @@ func (e *EntryError) Unwrap() error { return ErrMalformed }
 
 // Encode returns the leaf encoding of e ([EntryVersion]).
 func (e *Entry) Encode() ([]byte, error) {
-	return e.AppendBinary(make([]byte, 0, 160+len(e.MessageID)+len(e.Source)+len(e.Destination)+
-		len(e.SourceIdentity)+len(e.DestinationIdentity)+len(e.InstanceID)+len(e.Detail)))
+	return e.AppendBinary(make([]byte, 0, e.encodedSizeHint()))
+}
+
+// encodedSizeHint is at least the length of e's encoding when it is valid.
+func (e *Entry) encodedSizeHint() int {
+	return 160 + len(e.MessageID) + len(e.Source) + len(e.Destination) + len(e.SourceIdentity) +
+		len(e.DestinationIdentity) + len(e.InstanceID) + len(e.Detail) + len(e.Protocol) +
+		len(e.EventID) + len(e.OmissionKind) + len(e.Reporter)
 }
 
 // AppendBinary appends the leaf encoding of e ([EntryVersion]) to b. It
@@ -212,7 +218,9 @@ func (e *Entry) check() error {
 		v    string
 		max  int
 	}
-	common := []str{
+	// Arrays, not slices: check runs for every leaf a sidecar signs and
+	// the control plane appends, and must not allocate.
+	common := [...]str{
 		{"message_id", e.MessageID, MaxString},
 		{"source", e.Source, MaxString},
 		{"destination", e.Destination, MaxString},
@@ -220,18 +228,18 @@ func (e *Entry) check() error {
 		{"destination_identity", e.DestinationIdentity, MaxString},
 		{"instance_id", e.InstanceID, MaxString},
 	}
-	var own []str
+	var own [4]str
 	switch e.Kind {
 	case KindConfirmation:
-		own = []str{{"protocol", e.Protocol, MaxString}}
-		for _, f := range []str{{"event_id", e.EventID, 0}, {"omission_kind", e.OmissionKind, 0},
+		own[0] = str{"protocol", e.Protocol, MaxString}
+		for _, f := range [...]str{{"event_id", e.EventID, 0}, {"omission_kind", e.OmissionKind, 0},
 			{"detail", e.Detail, 0}, {"reporter", e.Reporter, 0}} {
 			if f.v != "" {
 				return encErr(f.name, "set on a confirmation")
 			}
 		}
 	case KindOmission:
-		own = []str{{"event_id", e.EventID, MaxString}, {"omission_kind", e.OmissionKind, MaxString},
+		own = [4]str{{"event_id", e.EventID, MaxString}, {"omission_kind", e.OmissionKind, MaxString},
 			{"detail", e.Detail, MaxDetail}, {"reporter", e.Reporter, MaxString}}
 		switch {
 		case e.Protocol != "":
@@ -248,12 +256,17 @@ func (e *Entry) check() error {
 	default:
 		return encErr("kind", fmt.Sprintf("unknown kind %d", e.Kind))
 	}
-	for _, f := range append(common, own...) {
-		if len(f.v) > f.max {
-			return encErr(f.name, fmt.Sprintf("%d bytes, more than %d", len(f.v), f.max))
-		}
-		if !utf8.ValidString(f.v) {
-			return encErr(f.name, "not UTF-8")
+	for _, fields := range [...][]str{common[:], own[:]} {
+		for _, f := range fields {
+			if f.name == "" {
+				continue // own's unused slots
+			}
+			if len(f.v) > f.max {
+				return encErr(f.name, fmt.Sprintf("%d bytes, more than %d", len(f.v), f.max))
+			}
+			if !utf8.ValidString(f.v) {
+				return encErr(f.name, "not UTF-8")
+			}
 		}
 	}
 	return nil

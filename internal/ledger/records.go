@@ -61,15 +61,23 @@ func BatchEntries(b *tallyv1.RecordBatch) (entries []Entry, from []int) {
 	return entries, from
 }
 
-// EncodeAll encodes entries as leaves.
+// EncodeAll encodes entries as leaves. The leaves share one backing array
+// (one allocation per batch, not per leaf); each is capped at its length,
+// so appending to one cannot overwrite the next.
 func EncodeAll(entries []Entry) ([][]byte, error) {
+	size := 0
+	for i := range entries {
+		size += entries[i].encodedSizeHint()
+	}
+	buf := make([]byte, 0, size)
 	leaves := make([][]byte, len(entries))
 	for i := range entries {
-		b, err := entries[i].Encode()
-		if err != nil {
+		start := len(buf)
+		var err error
+		if buf, err = entries[i].AppendBinary(buf); err != nil {
 			return nil, fmt.Errorf("entry %d: %w", i, err)
 		}
-		leaves[i] = b
+		leaves[i] = buf[start:len(buf):len(buf)]
 	}
 	return leaves, nil
 }
