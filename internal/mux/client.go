@@ -311,7 +311,8 @@ func (cc *ClientConn) readLoop() {
 	var err error
 	for {
 		var f http2.Frame
-		f, err = c.rf.ReadFrame()
+		var blk *headerBlock
+		f, blk, err = c.readFrame()
 		c.lastRead.Store(time.Now().UnixNano())
 		if err != nil {
 			var se http2.StreamError
@@ -336,8 +337,8 @@ func (cc *ClientConn) readLoop() {
 			continue
 		}
 		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
-			err = cc.onHeaders(f)
+		case *http2.HeadersFrame:
+			err = cc.onHeaders(blk)
 		case *http2.DataFrame:
 			c.onData(f)
 		case *http2.RSTStreamFrame:
@@ -368,34 +369,34 @@ func (cc *ClientConn) readLoop() {
 	c.fail(fmt.Errorf("mux: connection lost: %w", err))
 }
 
-func (cc *ClientConn) onHeaders(f *http2.MetaHeadersFrame) error {
+func (cc *ClientConn) onHeaders(b *headerBlock) error {
 	c := cc.c
 	c.mu.Lock()
-	s := c.streams[f.StreamID]
+	s := c.streams[b.streamID]
 	c.mu.Unlock()
 	if s == nil {
 		return nil // a stream we already reset
 	}
-	if f.Truncated {
+	if b.truncated {
 		cc.cancel(s, errors.New("mux: response header block over the limit"))
 		return nil
 	}
 	if s.headersSeen {
 		// Trailers.
-		tr, err := decodeFields(f.Fields, nil)
+		tr, err := decodeFields(b.fields, nil)
 		if err != nil {
 			cc.cancel(s, err)
 			return nil
 		}
 		s.setTrailer(tr)
-		if f.StreamEnded() {
+		if b.endStream {
 			c.markDone(s, false, true)
 			s.closeRecv(io.EOF)
 		}
 		return nil
 	}
 	status := ""
-	h, err := decodeFields(f.Fields, func(name, value string) error {
+	h, err := decodeFields(b.fields, func(name, value string) error {
 		if name == ":status" {
 			status = value
 		}
@@ -429,7 +430,7 @@ func (cc *ClientConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 	}
 	s.rmu.Unlock()
-	ended := f.StreamEnded()
+	ended := b.endStream
 	if ended {
 		resp.ContentLength = 0
 	}

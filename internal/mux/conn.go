@@ -48,7 +48,11 @@ func (e StreamError) Unwrap() error { return errStreamReset }
 // the table of streams. Its methods are safe for concurrent use.
 type conn struct {
 	nc net.Conn
-	rf *http2.Framer // read side, used only by the read loop
+	// Read side, used only by the read loop: the framer, the HPACK
+	// decoder and the header block they fill.
+	rf   *http2.Framer
+	hdec *hpack.Decoder
+	blk  headerBlock
 
 	wmu      sync.Mutex // guards bw, wf, henc, hbuf, flushDue
 	bw       *bufio.Writer
@@ -100,11 +104,13 @@ func newConn(nc net.Conn, maxHeader int, neverIndex []string) *conn {
 	c.wf = http2.NewFramer(c.bw, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.rf = http2.NewFramer(nil, bufio.NewReaderSize(nc, 64<<10))
-	c.rf.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	if maxHeader <= 0 {
 		maxHeader = defaultMaxHeader
 	}
 	c.rf.MaxHeaderListSize = uint32(maxHeader)
+	c.hdec = hpack.NewDecoder(4096, nil)
+	c.hdec.SetEmitFunc(func(f hpack.HeaderField) { c.blk.emit(c.hdec, f) })
+	c.hdec.SetMaxStringLength(maxHeader)
 	c.rf.SetMaxReadFrameSize(maxFrameSize)
 	return c
 }

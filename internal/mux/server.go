@@ -151,7 +151,7 @@ func (sc *serverConn) serve(maxStreams uint32) error {
 	}
 	go c.flusher(c.closed)
 	for {
-		f, err := c.rf.ReadFrame()
+		f, blk, err := c.readFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -167,8 +167,8 @@ func (sc *serverConn) serve(maxStreams uint32) error {
 			continue
 		}
 		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
-			if err := sc.onHeaders(f, maxStreams); err != nil {
+		case *http2.HeadersFrame:
+			if err := sc.onHeaders(blk, maxStreams); err != nil {
 				return err
 			}
 		case *http2.DataFrame:
@@ -184,15 +184,15 @@ func (sc *serverConn) serve(maxStreams uint32) error {
 	}
 }
 
-func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame, maxStreams uint32) error {
+func (sc *serverConn) onHeaders(b *headerBlock, maxStreams uint32) error {
 	c := sc.c
 	c.mu.Lock()
-	st := c.streams[f.StreamID]
+	st := c.streams[b.streamID]
 	c.mu.Unlock()
 	if st != nil {
 		// Trailers end the request.
-		tr, err := decodeFields(f.Fields, nil)
-		if err != nil || !f.StreamEnded() {
+		tr, err := decodeFields(b.fields, nil)
+		if err != nil || !b.endStream {
 			c.writeReset(st.id, http2.ErrCodeProtocol)
 			sc.c.resetStream(st, StreamError{http2.ErrCodeProtocol})
 			return nil
@@ -202,40 +202,40 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame, maxStreams uint32) er
 		st.closeRecv(io.EOF)
 		return nil
 	}
-	if f.StreamID%2 == 0 || f.StreamID <= sc.lastID {
-		return fmt.Errorf("stream %d opened out of order", f.StreamID)
+	if b.streamID%2 == 0 || b.streamID <= sc.lastID {
+		return fmt.Errorf("stream %d opened out of order", b.streamID)
 	}
 	sc.srv.mu.Lock()
-	sc.lastID = f.StreamID
+	sc.lastID = b.streamID
 	shutdown := sc.srv.shutdown
 	sc.srv.mu.Unlock()
 	if shutdown {
-		c.writeReset(f.StreamID, http2.ErrCodeRefusedStream)
+		c.writeReset(b.streamID, http2.ErrCodeRefusedStream)
 		return nil
 	}
 	c.mu.Lock()
 	full := uint32(len(c.streams)) >= maxStreams
 	c.mu.Unlock()
 	if full {
-		c.writeReset(f.StreamID, http2.ErrCodeRefusedStream)
+		c.writeReset(b.streamID, http2.ErrCodeRefusedStream)
 		return nil
 	}
-	st = newStream(c, f.StreamID)
+	st = newStream(c, b.streamID)
 	c.mu.Lock()
 	st.sendWindow = int64(c.peerWindow)
 	c.streams[st.id] = st
 	c.mu.Unlock()
 	st.headersSeen = true
-	if f.StreamEnded() {
+	if b.endStream {
 		c.markDone(st, false, true)
 		st.closeRecv(io.EOF)
 	}
-	if f.Truncated {
+	if b.truncated {
 		sc.answer(st, http.StatusRequestHeaderFieldsTooLarge)
 		return nil
 	}
 	var method, path, authority string
-	h, err := decodeFields(f.Fields, func(name, value string) error {
+	h, err := decodeFields(b.fields, func(name, value string) error {
 		switch name {
 		case ":method":
 			method = value
@@ -265,7 +265,7 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame, maxStreams uint32) er
 		Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h, Host: authority,
 		RequestURI: path, RemoteAddr: sc.remote,
 	}
-	if f.StreamEnded() {
+	if b.endStream {
 		req.Body = http.NoBody
 	} else {
 		req.Body = &requestBody{st: st}
@@ -342,7 +342,9 @@ func (b *requestBody) Close() error {
 func (sc *serverConn) runHandler(st *stream, req *http.Request) {
 	defer sc.srv.active.Done()
 	defer st.cancel()
-	rw := &responseWriter{sc: sc, st: st, h: make(http.Header), req: req}
+	// Sized for a proxied response and the accounting fields the proxy
+	// adds, so the map does not grow while the handler fills it.
+	rw := &responseWriter{sc: sc, st: st, h: make(http.Header, 16), req: req}
 	defer func() {
 		if e := recover(); e != nil {
 			// http.ErrAbortHandler, or a bug: either way the stream must
