@@ -513,9 +513,17 @@ func putDataBuf(b []byte) {
 
 // decodeFields splits a header block into pseudo-headers and a header map.
 func decodeFields(fields []hpack.HeaderField, pseudo func(name, value string) error) (http.Header, error) {
-	h := make(http.Header, len(fields))
+	regular := len(fields)
+	for _, f := range fields {
+		if strings.HasPrefix(f.Name, ":") {
+			regular-- // pseudo-header fields come first and stay out of h
+		} else {
+			break
+		}
+	}
+	h := make(http.Header, regular) // up to 8: one small map group
 	// One backing array for the values: most fields occur once.
-	vals := make([]string, 0, len(fields))
+	vals := make([]string, 0, regular)
 	for _, f := range fields {
 		if strings.HasPrefix(f.Name, ":") {
 			if pseudo == nil {

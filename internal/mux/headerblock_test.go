@@ -85,13 +85,13 @@ func (p *rawPeer) headers(id uint32, frags ...[]byte) {
 }
 
 // outcome reads frames until stream id is answered or reset, or the
-// connection ends: "status NNN", "reset CODE" or "goaway CODE".
+// connection ends: "status NNN", "reset CODE", "goaway CODE" or "closed".
 func (p *rawPeer) outcome(id uint32) string {
 	p.t.Helper()
 	for {
 		f, err := p.fr.ReadFrame()
 		if err != nil {
-			return "closed: " + err.Error()
+			return "closed" // EOF, or a reset when our frames went unread
 		}
 		switch f := f.(type) {
 		case *http2.SettingsFrame:
@@ -128,8 +128,8 @@ func TestHeaderBlocks(t *testing.T) {
 		{"unknown pseudo", [][]byte{block(append(reqFields, ":foo", "x")...)}, "reset PROTOCOL_ERROR", true},
 		{"request and response pseudo", [][]byte{block(append(reqFields, ":status", "200")...)}, "reset PROTOCOL_ERROR", true},
 		{"over the list limit", [][]byte{block(append(reqFields, "x-a", strings.Repeat("a", 100), "x-b", strings.Repeat("b", 100), "x-c", strings.Repeat("c", 100))...)}, "status 431", true},
-		{"far over the limit", [][]byte{block(reqFields...)[:2], bytes.Repeat([]byte{0}, 2000)}, "closed: EOF", false},
-		{"not HPACK", [][]byte{{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}, "closed: EOF", false},
+		{"far over the limit", [][]byte{block(reqFields...)[:2], bytes.Repeat([]byte{0}, 2000)}, "closed", false},
+		{"not HPACK", [][]byte{{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}, "closed", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newRawPeer(t, 300)

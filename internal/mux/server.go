@@ -342,9 +342,7 @@ func (b *requestBody) Close() error {
 func (sc *serverConn) runHandler(st *stream, req *http.Request) {
 	defer sc.srv.active.Done()
 	defer st.cancel()
-	// Sized for a proxied response and the accounting fields the proxy
-	// adds, so the map does not grow while the handler fills it.
-	rw := &responseWriter{sc: sc, st: st, h: make(http.Header, 16), req: req}
+	rw := &responseWriter{sc: sc, st: st, h: make(http.Header), req: req}
 	defer func() {
 		if e := recover(); e != nil {
 			// http.ErrAbortHandler, or a bug: either way the stream must
@@ -469,8 +467,9 @@ func (w *responseWriter) trailers() http.Header {
 }
 
 // foldTrailers moves the trailers fold accepts into the header block
-// (which has not gone out yet).
-func (w *responseWriter) foldTrailers(tr http.Header, fold func(string) bool) {
+// (which has not gone out yet). A declared trailer's value is already in
+// w.h and only stops being held back; a prefixed key loses its prefix.
+func (w *responseWriter) foldTrailers(fold func(string) bool) {
 	kept := w.declared[:0] // w.declared is this writer's own
 	for _, k := range w.declared {
 		if !fold(k) {
@@ -478,20 +477,12 @@ func (w *responseWriter) foldTrailers(tr http.Header, fold func(string) bool) {
 		}
 	}
 	w.declared = kept
-	prefixed := false // any keys set with http.TrailerPrefix?
-	for k := range w.h {
-		if strings.HasPrefix(k, http.TrailerPrefix) {
-			prefixed = true
-			break
-		}
-	}
-	for k, vs := range tr {
-		if fold(k) {
-			w.h[k] = vs
-			if prefixed {
-				delete(w.h, http.TrailerPrefix+k)
+	for k, vs := range w.h {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			if name = canonical(name); fold(name) {
+				w.h[name] = vs
+				delete(w.h, k)
 			}
-			delete(tr, k)
 		}
 	}
 }
@@ -507,13 +498,10 @@ func (w *responseWriter) finish() {
 	if w.err != nil {
 		return
 	}
-	tr := w.trailers()
-	if fold := w.sc.srv.FoldTrailer; fold != nil && !w.sentHeader && len(tr) > 0 {
-		w.foldTrailers(tr, fold)
-		if len(tr) == 0 {
-			tr = nil
-		}
+	if fold := w.sc.srv.FoldTrailer; fold != nil && !w.sentHeader {
+		w.foldTrailers(fold)
 	}
+	tr := w.trailers()
 	// Fast path: everything fits the send windows; one write, one flush.
 	n := len(w.buf)
 	c.mu.Lock()

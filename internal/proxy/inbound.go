@@ -471,9 +471,9 @@ func (p *Proxy) appRoundTrip(r *http.Request, m *inMessage, body *verifyingReade
 	}
 	out.Header = r.Header.Clone()
 	for _, h := range append(hopHeaders, tallyHeaders...) {
-		out.Header.Del(h)
+		delete(out.Header, h) // canonical names, as are the keys
 	}
-	out.Header.Del(wire.HeaderContentDigest)
+	delete(out.Header, wire.HeaderContentDigest)
 	out.Host = r.Host
 	out.ContentLength = r.ContentLength
 	out.Trailer = trailer

@@ -236,16 +236,18 @@ func (p *Proxy) outboundRequest(r *http.Request, c *call) *http.Request {
 	out.URL.Host = c.edge.dest
 	out.Host = r.Host
 	out.Close = false
+	// The names are canonical, as are the parsed header's keys: delete,
+	// not Del, which would canonicalize each name again.
 	for _, h := range hopHeaders {
-		out.Header.Del(h)
+		delete(out.Header, h)
 	}
-	if te := r.Header.Get("Te"); te != "" && !strings.EqualFold(te, "trailers") {
-		out.Header.Del("Te")
+	if te := r.Header["Te"]; len(te) > 0 && !strings.EqualFold(te[0], "trailers") {
+		delete(out.Header, "Te")
 	}
 	for _, h := range tallyHeaders {
-		out.Header.Del(h)
+		delete(out.Header, h)
 	}
-	out.Header.Del(wire.HeaderContentDigest)
+	delete(out.Header, wire.HeaderContentDigest)
 	setFields(out.Header, wire.HeaderMessageID, c.id, wire.HeaderSeq, strconv.FormatUint(c.seq, 10),
 		wire.HeaderInstance, p.rec.instance, wire.HeaderDestination, c.edge.dest, wire.HeaderProtocol, c.proto)
 	out.Trailer = nil
@@ -458,11 +460,16 @@ func (p *Proxy) verifyResponse(c *call, resp *http.Response, req *verifyingReade
 
 // field reads one of the peer's accounting fields: from the trailer, or from
 // the header when the response had no body to trail.
+// field is the value of the accounting field k (a canonical name), from
+// the trailer or else the header.
 func field(resp *http.Response, k string) string {
-	if v := resp.Trailer.Get(k); v != "" {
-		return v
+	if v := resp.Trailer[k]; len(v) > 0 && v[0] != "" {
+		return v[0]
 	}
-	return resp.Header.Get(k)
+	if v := resp.Header[k]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 func (p *Proxy) confirm(c *call, req *verifyingReader, sum [32]byte, n int64) {
@@ -631,12 +638,18 @@ func isTallyField(k string) bool {
 
 func copyResponseHeader(dst, src http.Header) {
 	for k, vs := range src {
-		if isTallyField(k) {
+		if isTallyField(k) || isHopHeader[k] {
 			continue
 		}
 		dst[k] = vs
 	}
-	for _, h := range hopHeaders {
-		dst.Del(h)
-	}
 }
+
+// isHopHeader holds hopHeaders, for lookups by a canonical key.
+var isHopHeader = func() map[string]bool {
+	m := map[string]bool{}
+	for _, h := range hopHeaders {
+		m[h] = true
+	}
+	return m
+}()
