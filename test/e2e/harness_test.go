@@ -23,6 +23,12 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	// Not called: linked in so that the test binary, and with it the
+	// result `go test` caches, changes whenever the code of the tally
+	// binary that TestMain builds does. Without it a cached e2e pass
+	// would outlive a change to the sidecar.
+	_ "github.com/tally-mesh/tally/internal/cli"
 )
 
 var tallyBin string
