@@ -28,8 +28,9 @@ const (
 type recorder struct {
 	instance string
 	service  string
-	// sign, if set, signs a batch as it is cut (the sidecar's SVID key
-	// over the batch's ledger leaves); selfID names this sidecar.
+	// sign, if set, signs a batch when it is cut, before it is first sent
+	// (the sidecar's SVID key over the batch's ledger leaves); selfID
+	// names this sidecar.
 	sign   func(*tallyv1.RecordBatch)
 	selfID func() string
 	limit  int
@@ -136,6 +137,13 @@ func (r *recorder) next(ctx context.Context) (*tallyv1.RecordBatch, error) {
 			b := r.cutLocked()
 			r.nextSend++
 			r.mu.Unlock()
+			// Signed outside the lock: encoding and hashing a full batch
+			// takes about a millisecond, during which every message
+			// would otherwise wait to add its record. Only this
+			// goroutine sends batches, so b goes out signed.
+			if r.sign != nil {
+				r.sign(b)
+			}
 			return b, nil
 		}
 		wait := batchInterval
@@ -167,9 +175,6 @@ func (r *recorder) cutLocked() *tallyv1.RecordBatch {
 	r.batchSeq++
 	r.cuts++
 	b := &tallyv1.RecordBatch{BatchSeq: r.batchSeq, InstanceId: r.instance, Records: r.pending}
-	if r.sign != nil {
-		r.sign(b)
-	}
 	r.pending = nil
 	r.unacked = append(r.unacked, b)
 	return b
