@@ -34,12 +34,39 @@ var emptyRoot = sha256.Sum256(nil)
 // of its own (leaf 0 is leaves[0]), the value a [BatchStatement] signs.
 // The root of no leaves is SHA-256("").
 func BatchRoot(leaves [][]byte) [32]byte {
-	r := rangeFactory.NewEmptyRange(0)
+	var b RootBuilder
 	for _, l := range leaves {
-		h := LeafHash(l)
-		_ = r.Append(h[:], nil) // cannot fail on a range that starts at 0
+		b.Add(l)
 	}
-	return rootOf(r)
+	return b.Root()
+}
+
+// RootBuilder computes [BatchRoot] one leaf at a time, for a caller that
+// encodes leaves as it goes. The zero value is an empty batch.
+type RootBuilder struct {
+	r *compact.Range
+	n uint64
+}
+
+// Add appends a leaf; b keeps only its hash.
+func (b *RootBuilder) Add(leaf []byte) {
+	if b.r == nil {
+		b.r = rangeFactory.NewEmptyRange(0)
+	}
+	h := LeafHash(leaf)
+	_ = b.r.Append(h[:], nil) // cannot fail on a range that starts at 0
+	b.n++
+}
+
+// Len is the number of leaves added.
+func (b *RootBuilder) Len() uint64 { return b.n }
+
+// Root is the batch root of the leaves added so far.
+func (b *RootBuilder) Root() [32]byte {
+	if b.r == nil {
+		return emptyRoot
+	}
+	return rootOf(b.r)
 }
 
 // rootOf is the root hash of a compact range that starts at 0.
@@ -115,6 +142,12 @@ var ErrBadBatchSignature = errors.New("signature does not verify")
 // and match the leaf certificate. instance and batchSeq name the upload
 // batch; signedAt is recorded in the statement.
 func SignBatch(key crypto.Signer, chain [][]byte, instance string, batchSeq uint64, signedAt time.Time, leaves [][]byte) (*BatchSignature, error) {
+	return SignBatchRoot(key, chain, instance, batchSeq, signedAt, uint64(len(leaves)), BatchRoot(leaves))
+}
+
+// SignBatchRoot is [SignBatch] for a batch whose root the caller computed
+// (with a [RootBuilder]) over count leaves.
+func SignBatchRoot(key crypto.Signer, chain [][]byte, instance string, batchSeq uint64, signedAt time.Time, count uint64, root [32]byte) (*BatchSignature, error) {
 	pub, ok := key.Public().(*ecdsa.PublicKey)
 	if !ok || pub.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("signing batch: key is %T, want ECDSA P-256", key.Public())
@@ -137,8 +170,8 @@ func SignBatch(key crypto.Signer, chain [][]byte, instance string, batchSeq uint
 			InstanceID: instance,
 			BatchSeq:   batchSeq,
 			SignedAt:   time.Unix(0, signedAt.UnixNano()),
-			Count:      uint64(len(leaves)),
-			Root:       BatchRoot(leaves),
+			Count:      count,
+			Root:       root,
 		},
 		Chain: chain,
 	}

@@ -122,6 +122,16 @@ func TestBatchRootVectors(t *testing.T) {
 		if got := ledger.BatchRoot(leaves[:n]); hex.EncodeToString(got[:]) != want {
 			t.Errorf("root of %d leaves: got %x, want %s", n, got, want)
 		}
+		// Built leaf by leaf, as a sidecar signs, from one reused buffer.
+		var b ledger.RootBuilder
+		var buf []byte
+		for _, l := range leaves[:n] {
+			buf = append(buf[:0], l...)
+			b.Add(buf)
+		}
+		if got := b.Root(); b.Len() != uint64(n) || hex.EncodeToString(got[:]) != want {
+			t.Errorf("RootBuilder over %d leaves: %d added, root %x, want %s", n, b.Len(), got, want)
+		}
 	}
 }
 

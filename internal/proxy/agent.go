@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -174,14 +175,31 @@ func (a *agent) tryJoin(ctx context.Context) error {
 // signBatch signs the ledger leaves of b with the current SVID's key; a
 // batch without leaves goes unsigned. A failure leaves the batch unsigned:
 // the control plane stores it and says so.
+// signYieldEvery is how many leaves signBatch hashes between yields.
+const signYieldEvery = 64
+
 func (a *agent) signBatch(b *tallyv1.RecordBatch) {
-	entries, _ := ledger.BatchEntries(b)
-	if len(entries) == 0 {
-		return
+	// The leaves are encoded and hashed one by one, yielding now and then:
+	// the sidecar runs on one core, and a whole batch at once (up to a
+	// millisecond) would hold up every message in flight meanwhile.
+	var root ledger.RootBuilder
+	var leaf []byte
+	for i, r := range b.Records {
+		e, ok := ledger.FromRecord(r, b.InstanceId, b.BatchSeq, i)
+		if !ok {
+			continue
+		}
+		var err error
+		if leaf, err = e.AppendBinary(leaf[:0]); err != nil {
+			a.log.Error("batch not signed: encoding its leaves", "batch_seq", b.BatchSeq, "record", i, "err", err)
+			return
+		}
+		root.Add(leaf)
+		if root.Len()%signYieldEvery == 0 {
+			runtime.Gosched()
+		}
 	}
-	leaves, err := ledger.EncodeAll(entries)
-	if err != nil {
-		a.log.Error("batch not signed: encoding its leaves", "batch_seq", b.BatchSeq, "err", err)
+	if root.Len() == 0 {
 		return
 	}
 	svid := a.source.SVID()
@@ -189,7 +207,7 @@ func (a *agent) signBatch(b *tallyv1.RecordBatch) {
 	for i, c := range svid.Certificates {
 		chain[i] = c.Raw
 	}
-	sig, err := ledger.SignBatch(svid.PrivateKey, chain, b.InstanceId, b.BatchSeq, time.Now(), leaves)
+	sig, err := ledger.SignBatchRoot(svid.PrivateKey, chain, b.InstanceId, b.BatchSeq, time.Now(), root.Len(), root.Root())
 	if err != nil {
 		a.log.Error("batch not signed", "batch_seq", b.BatchSeq, "err", err)
 		return
