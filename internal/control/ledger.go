@@ -101,7 +101,10 @@ func (li *ledgerIngest) prepare(ctx context.Context, peerID spiffeid.ID, b *tall
 	if len(entries) == 0 {
 		return nil, "", nil
 	}
-	var leaves [][]byte // encoded once, when the signature is checked
+	var (
+		leaves [][]byte   // encoded once, when the signature is checked
+		hashes [][32]byte // and hashed once
+	)
 	sig, serr := ledger.SignatureFromProto(b)
 	switch {
 	case serr != nil:
@@ -118,7 +121,8 @@ func (li *ledgerIngest) prepare(ctx context.Context, peerID spiffeid.ID, b *tall
 		if err != nil {
 			return nil, "", status.Errorf(codes.InvalidArgument, "batch %d: %v", b.GetBatchSeq(), err)
 		}
-		cert, verr := ledger.VerifyBatchSignature(sig, leaves, li.roots)
+		hashes = ledger.LeafHashes(leaves)
+		cert, verr := ledger.VerifyBatchSignatureHashes(sig, hashes, li.roots)
 		if verr == nil {
 			if id, err := x509svid.IDFromCert(cert); err != nil || id != peerID {
 				verr = fmt.Errorf("signed by %v, uploaded by %s", id, peerID)
@@ -129,7 +133,7 @@ func (li *ledgerIngest) prepare(ctx context.Context, peerID spiffeid.ID, b *tall
 			sig = nil
 		}
 	}
-	return &ledger.Batch{Entries: entries, Signature: sig, Leaves: leaves}, note, nil
+	return &ledger.Batch{Entries: entries, Signature: sig, Leaves: leaves, LeafHashes: hashes}, note, nil
 }
 
 // commit appends prepared batches in one durable transaction (a group

@@ -9,7 +9,7 @@ import (
 // AppendLeaves appends raw leaves, which need not be entries (the RFC 6962
 // test vectors are not).
 func AppendLeaves(ctx context.Context, l *Log, leaves [][]byte) (uint64, error) {
-	return l.appendLeaves(ctx, leaves, []span{{n: len(leaves)}})
+	return l.appendLeaves(ctx, leaves, LeafHashes(leaves), []span{{n: len(leaves)}})
 }
 
 // ForceWriter makes l a writer without taking the lock, to show that the

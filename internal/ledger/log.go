@@ -68,6 +68,9 @@ type Batch struct {
 	// Leaves, if set, are Entries already encoded (EncodeAll), so a caller
 	// that encoded them to check the signature need not encode twice.
 	Leaves [][]byte
+	// LeafHashes, if set with Leaves, are their LeafHash values (from
+	// LeafHashes), so that they are not hashed twice either.
+	LeafHashes [][32]byte
 }
 
 // StoredEntry is a leaf as stored: its index, its bytes and its RFC 6962
@@ -298,24 +301,42 @@ func (l *Log) Append(ctx context.Context, batches ...Batch) (first uint64, err e
 		n += len(b.Entries)
 	}
 	data := make([][]byte, 0, n)
+	hashes := make([][32]byte, 0, n)
 	spans := make([]span, len(batches))
 	var buf []byte
 	for bi, b := range batches {
 		spans[bi] = span{n: len(b.Entries), sig: b.Signature}
 		if len(b.Leaves) == len(b.Entries) && len(b.Leaves) > 0 {
 			data = append(data, b.Leaves...)
+			if len(b.LeafHashes) == len(b.Leaves) {
+				hashes = append(hashes, b.LeafHashes...)
+			} else {
+				hashes = appendLeafHashes(hashes, b.Leaves)
+			}
 			continue
 		}
+		start := len(data)
 		for i := range b.Entries {
-			start := len(buf)
+			at := len(buf)
 			if buf, err = b.Entries[i].AppendBinary(buf); err != nil {
 				return 0, fmt.Errorf("appending: encoding entry %d of batch %d: %w", i, bi, err)
 			}
 			// Capped, so that later appends to buf never write into it.
-			data = append(data, buf[start:len(buf):len(buf)])
+			data = append(data, buf[at:len(buf):len(buf)])
 		}
+		hashes = appendLeafHashes(hashes, data[start:])
 	}
-	return l.appendLeaves(ctx, data, spans)
+	return l.appendLeaves(ctx, data, hashes, spans)
+}
+
+// LeafHashes returns the LeafHash of each leaf.
+func LeafHashes(leaves [][]byte) [][32]byte { return appendLeafHashes(nil, leaves) }
+
+func appendLeafHashes(dst [][32]byte, leaves [][]byte) [][32]byte {
+	for _, l := range leaves {
+		dst = append(dst, LeafHash(l))
+	}
+	return dst
 }
 
 // span is one batch of appendLeaves: its number of leaves and signature.
@@ -326,11 +347,8 @@ type span struct {
 
 // appendLeaves appends leaves (already encoded) in one transaction; spans
 // split them into batches, in order.
-func (l *Log) appendLeaves(ctx context.Context, data [][]byte, spans []span) (uint64, error) {
-	w := &writeSet{data: data, leafHash: make([][32]byte, len(data))}
-	for i, d := range data {
-		w.leafHash[i] = LeafHash(d)
-	}
+func (l *Log) appendLeaves(ctx context.Context, data [][]byte, leafHashes [][32]byte, spans []span) (uint64, error) {
+	w := &writeSet{data: data, leafHash: leafHashes}
 	at := 0
 	for bi, s := range spans {
 		if s.sig != nil {
@@ -413,11 +431,11 @@ func checkCovers(sig *BatchSignature, leafHashes [][32]byte) error {
 	if sig.Count != uint64(len(leafHashes)) {
 		return fmt.Errorf("%w: it signs %d leaves, the batch has %d", ErrBadBatch, sig.Count, len(leafHashes))
 	}
-	r := rangeFactory.NewEmptyRange(0)
+	var b RootBuilder
 	for i := range leafHashes {
-		_ = r.Append(leafHashes[i][:], nil)
+		b.addHash(leafHashes[i])
 	}
-	if rootOf(r) != sig.Root {
+	if b.Root() != sig.Root {
 		return fmt.Errorf("%w: it signs another root", ErrBadBatch)
 	}
 	return nil

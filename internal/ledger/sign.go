@@ -50,10 +50,13 @@ type RootBuilder struct {
 
 // Add appends a leaf; b keeps only its hash.
 func (b *RootBuilder) Add(leaf []byte) {
+	b.addHash(LeafHash(leaf))
+}
+
+func (b *RootBuilder) addHash(h [32]byte) {
 	if b.r == nil {
 		b.r = rangeFactory.NewEmptyRange(0)
 	}
-	h := LeafHash(leaf)
 	_ = b.r.Append(h[:], nil) // cannot fail on a range that starts at 0
 	b.n++
 }
@@ -188,10 +191,20 @@ func SignBatchRoot(key crypto.Signer, chain [][]byte, instance string, batchSeq 
 // certificate may have expired since). It returns the signer's leaf
 // certificate, whose URI SAN names the sidecar's identity.
 func VerifyBatchSignature(sig *BatchSignature, leaves [][]byte, roots *x509.CertPool) (*x509.Certificate, error) {
-	if got := uint64(len(leaves)); got != sig.Count {
+	return VerifyBatchSignatureHashes(sig, LeafHashes(leaves), roots)
+}
+
+// VerifyBatchSignatureHashes is [VerifyBatchSignature] for leaves the
+// caller has hashed already ([LeafHashes]).
+func VerifyBatchSignatureHashes(sig *BatchSignature, leafHashes [][32]byte, roots *x509.CertPool) (*x509.Certificate, error) {
+	if got := uint64(len(leafHashes)); got != sig.Count {
 		return nil, fmt.Errorf("%w: signed %d leaves, got %d", ErrBadBatchSignature, sig.Count, got)
 	}
-	if BatchRoot(leaves) != sig.Root {
+	var b RootBuilder
+	for i := range leafHashes {
+		b.addHash(leafHashes[i])
+	}
+	if b.Root() != sig.Root {
 		return nil, fmt.Errorf("%w: the leaves' root differs from the signed root", ErrBadBatchSignature)
 	}
 	return sig.Verify(roots)
