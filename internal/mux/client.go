@@ -177,7 +177,7 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		enc.WriteField(hpack.HeaderField{Name: ":path", Value: req.URL.RequestURI()})
 		c.encodeHeader(req.Header)
 		for k := range req.Trailer {
-			enc.WriteField(hpack.HeaderField{Name: "trailer", Value: lower(k)})
+			enc.WriteField(hpack.HeaderField{Name: "trailer", Value: c.lower(k)})
 		}
 		if req.ContentLength > 0 {
 			enc.WriteField(hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(req.ContentLength, 10)})
@@ -383,7 +383,7 @@ func (cc *ClientConn) onHeaders(b *headerBlock) error {
 	}
 	if s.headersSeen {
 		// Trailers.
-		tr, err := decodeFields(b.fields, nil)
+		tr, err := c.decodeFields(b.fields, nil)
 		if err != nil {
 			cc.cancel(s, err)
 			return nil
@@ -396,7 +396,7 @@ func (cc *ClientConn) onHeaders(b *headerBlock) error {
 		return nil
 	}
 	status := ""
-	h, err := decodeFields(b.fields, func(name, value string) error {
+	h, err := c.decodeFields(b.fields, func(name, value string) error {
 		if name == ":status" {
 			status = value
 		}
@@ -421,7 +421,7 @@ func (cc *ClientConn) onHeaders(b *headerBlock) error {
 		}
 	}
 	for _, k := range h.Values("Trailer") {
-		resp.Trailer[canonical(k)] = nil
+		resp.Trailer[c.canonical(k)] = nil
 	}
 	s.rmu.Lock()
 	s.onEOF = func(tr http.Header) {

@@ -50,15 +50,17 @@ type conn struct {
 	nc net.Conn
 	// Read side, used only by the read loop: the framer, the HPACK
 	// decoder and the header block they fill.
-	rf   *http2.Framer
-	hdec *hpack.Decoder
-	blk  headerBlock
+	rf    *http2.Framer
+	hdec  *hpack.Decoder
+	blk   headerBlock
+	names map[string]string // canonical header names, by received name
 
 	wmu      sync.Mutex // guards bw, wf, henc, hbuf, flushDue
 	bw       *bufio.Writer
 	wf       *http2.Framer
 	henc     *hpack.Encoder
 	hbuf     bytes.Buffer
+	lowers   map[string]string // HTTP/2 header names, by canonical name
 	flushDue bool          // frames are buffered and the flusher is told
 	flushReq chan struct{} // wakes the flusher; capacity 1
 	closed   chan struct{} // closed by fail
@@ -401,16 +403,22 @@ var hopHeaders = map[string]bool{
 	"Upgrade": true, "Trailer": true, "Host": true,
 }
 
-// lowerNames caches the lowercase forms of header names.
-var lowerNames sync.Map
+// maxNames bounds each connection's caches of header name forms: a peer
+// or app that sends ever new names gets them converted, not remembered.
+const maxNames = 512
 
-func lower(k string) string {
-	if v, ok := lowerNames.Load(k); ok {
-		return v.(string)
+// lower returns the lowercase (HTTP/2) form of a header name, from the
+// connection's cache; the caller holds wmu.
+func (c *conn) lower(k string) string {
+	if l, ok := c.lowers[k]; ok {
+		return l
 	}
 	l := strings.ToLower(k)
-	if len(k) <= 64 {
-		lowerNames.Store(k, l)
+	if len(c.lowers) < maxNames {
+		if c.lowers == nil {
+			c.lowers = map[string]string{}
+		}
+		c.lowers[k] = l
 	}
 	return l
 }
@@ -443,7 +451,7 @@ func (c *conn) encodeHeader(h http.Header, skip ...string) {
 			}
 			continue
 		}
-		name := lower(k)
+		name := c.lower(k)
 		if c.neverIndex[k] {
 			for _, v := range vs {
 				c.hbuf.Write(appendNeverIndexed(c.hbuf.AvailableBuffer(), name, v))
@@ -483,16 +491,18 @@ func appendHpackString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-// canonicalNames caches canonical header keys.
-var canonicalNames sync.Map
-
-func canonical(name string) string {
-	if v, ok := canonicalNames.Load(name); ok {
-		return v.(string)
+// canonical returns the canonical form of a received header name, from
+// the connection's cache; only the read loop calls it.
+func (c *conn) canonical(name string) string {
+	if k, ok := c.names[name]; ok {
+		return k
 	}
 	k := http.CanonicalHeaderKey(name)
-	if len(name) <= 64 {
-		canonicalNames.Store(name, k)
+	if len(c.names) < maxNames {
+		if c.names == nil {
+			c.names = map[string]string{}
+		}
+		c.names[name] = k
 	}
 	return k
 }
@@ -512,7 +522,7 @@ func putDataBuf(b []byte) {
 }
 
 // decodeFields splits a header block into pseudo-headers and a header map.
-func decodeFields(fields []hpack.HeaderField, pseudo func(name, value string) error) (http.Header, error) {
+func (c *conn) decodeFields(fields []hpack.HeaderField, pseudo func(name, value string) error) (http.Header, error) {
 	regular := len(fields)
 	for _, f := range fields {
 		if strings.HasPrefix(f.Name, ":") {
@@ -534,7 +544,7 @@ func decodeFields(fields []hpack.HeaderField, pseudo func(name, value string) er
 			}
 			continue
 		}
-		k := canonical(f.Name)
+		k := c.canonical(f.Name)
 		if prev, ok := h[k]; ok {
 			h[k] = append(prev[:len(prev):len(prev)], f.Value)
 			continue

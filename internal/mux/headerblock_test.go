@@ -3,6 +3,7 @@ package mux
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -190,4 +191,18 @@ func FuzzHeaderBlock(f *testing.F) {
 			t.Fatalf("accepted %d bytes of fields, over the limit of %d", size, max)
 		}
 	})
+}
+
+func TestNameCachesAreBounded(t *testing.T) {
+	c := newConn(readerConn{r: bytes.NewReader(nil)}, 0, nil)
+	for i := range 4 * maxNames {
+		name := fmt.Sprintf("x-name-%d", i)
+		if got, want := c.canonical(name), http.CanonicalHeaderKey(name); got != want {
+			t.Fatalf("canonical(%q) = %q, want %q", name, got, want)
+		}
+		c.lower(http.CanonicalHeaderKey(name))
+	}
+	if len(c.names) > maxNames || len(c.lowers) > maxNames {
+		t.Fatalf("caches hold %d and %d names, over %d", len(c.names), len(c.lowers), maxNames)
+	}
 }

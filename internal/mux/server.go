@@ -191,7 +191,7 @@ func (sc *serverConn) onHeaders(b *headerBlock, maxStreams uint32) error {
 	c.mu.Unlock()
 	if st != nil {
 		// Trailers end the request.
-		tr, err := decodeFields(b.fields, nil)
+		tr, err := c.decodeFields(b.fields, nil)
 		if err != nil || !b.endStream {
 			c.writeReset(st.id, http2.ErrCodeProtocol)
 			sc.c.resetStream(st, StreamError{http2.ErrCodeProtocol})
@@ -235,7 +235,7 @@ func (sc *serverConn) onHeaders(b *headerBlock, maxStreams uint32) error {
 		return nil
 	}
 	var method, path, authority string
-	h, err := decodeFields(b.fields, func(name, value string) error {
+	h, err := c.decodeFields(b.fields, func(name, value string) error {
 		switch name {
 		case ":method":
 			method = value
@@ -282,7 +282,7 @@ func (sc *serverConn) onHeaders(b *headerBlock, maxStreams uint32) error {
 				if req.Trailer == nil {
 					req.Trailer = http.Header{}
 				}
-				req.Trailer[canonical(k)] = nil
+				req.Trailer[c.canonical(k)] = nil
 			}
 		}
 	}
@@ -388,7 +388,7 @@ func (w *responseWriter) WriteHeader(code int) {
 		}
 		for k := range strings.SplitSeq(v, ",") {
 			if k = strings.TrimSpace(k); k != "" {
-				w.declared = append(w.declared, canonical(k))
+				w.declared = append(w.declared, http.CanonicalHeaderKey(k))
 			}
 		}
 	}
@@ -460,7 +460,7 @@ func (w *responseWriter) trailers() http.Header {
 			if tr == nil {
 				tr = http.Header{}
 			}
-			tr[canonical(strings.TrimPrefix(k, http.TrailerPrefix))] = vs
+			tr[http.CanonicalHeaderKey(strings.TrimPrefix(k, http.TrailerPrefix))] = vs
 		}
 	}
 	return tr
@@ -479,7 +479,7 @@ func (w *responseWriter) foldTrailers(fold func(string) bool) {
 	w.declared = kept
 	for k, vs := range w.h {
 		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
-			if name = canonical(name); fold(name) {
+			if name = http.CanonicalHeaderKey(name); fold(name) {
 				w.h[name] = vs
 				delete(w.h, k)
 			}
