@@ -55,15 +55,15 @@ type conn struct {
 	blk   headerBlock
 	names map[string]string // canonical header names, by received name
 
-	wmu      sync.Mutex // guards bw, wf, henc, hbuf, flushDue
+	wmu      sync.Mutex // guards bw, wf, henc, hbuf, lowers, flushDue
 	bw       *bufio.Writer
 	wf       *http2.Framer
 	henc     *hpack.Encoder
 	hbuf     bytes.Buffer
 	lowers   map[string]string // HTTP/2 header names, by canonical name
-	flushDue bool          // frames are buffered and the flusher is told
-	flushReq chan struct{} // wakes the flusher; capacity 1
-	closed   chan struct{} // closed by fail
+	flushDue bool              // frames are buffered and the flusher is told
+	flushReq chan struct{}     // wakes the flusher; capacity 1
+	closed   chan struct{}     // closed by fail
 	closeOne sync.Once
 	lastRead atomic.Int64 // unix nanoseconds of the last frame read
 	// neverIndex: fields whose value is new in every message, sent as
