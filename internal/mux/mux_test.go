@@ -346,7 +346,10 @@ func TestFoldedTrailersTravelInTheHeader(t *testing.T) {
 		}
 		w.Header().Set("X-Sum", "s")
 		w.Header().Set("X-Keep", "k")
-	}), func(s *Server) { s.FoldTrailer = func(k string) bool { return k == "X-Sum" } })
+		// Undeclared trailers, named with net/http's prefix.
+		w.Header().Set(http.TrailerPrefix+"X-Pre", "p")
+		w.Header().Set(http.TrailerPrefix+"X-Late", "l")
+	}), func(s *Server) { s.FoldTrailer = func(k string) bool { return k == "X-Sum" || k == "X-Pre" } })
 	for _, tc := range []struct {
 		path   string
 		folded bool
@@ -365,6 +368,17 @@ func TestFoldedTrailersTravelInTheHeader(t *testing.T) {
 		if inHeader != tc.folded || inTrailer == tc.folded || resp.Trailer.Get("X-Keep") != "k" || resp.Header.Get("X-Keep") != "" {
 			t.Errorf("%s: X-Sum in header %v, in trailer %v; X-Keep trailer %q header %q", tc.path, inHeader, inTrailer,
 				resp.Trailer.Get("X-Keep"), resp.Header.Get("X-Keep"))
+		}
+		preInHeader := resp.Header.Get("X-Pre") == "p"
+		preInTrailer := resp.Trailer.Get("X-Pre") == "p"
+		if preInHeader != tc.folded || preInTrailer == tc.folded || resp.Trailer.Get("X-Late") != "l" || resp.Header.Get("X-Late") != "" {
+			t.Errorf("%s: prefixed X-Pre in header %v, in trailer %v; X-Late trailer %q header %q", tc.path, preInHeader, preInTrailer,
+				resp.Trailer.Get("X-Late"), resp.Header.Get("X-Late"))
+		}
+		for k := range resp.Header {
+			if strings.HasPrefix(k, http.TrailerPrefix) {
+				t.Errorf("%s: header field %q sent with the trailer prefix", tc.path, k)
+			}
 		}
 	}
 }
