@@ -325,6 +325,7 @@ type preparedBatch struct {
 	b        *tallyv1.RecordBatch
 	key      BatchKey
 	recs     []Record
+	from     []int // index in b's records of each of recs
 	accepted []bool
 	rejected int
 	firstErr error
@@ -391,6 +392,7 @@ func (s *Server) validateBatch(peerID spiffeid.ID, svc string, b *tallyv1.Record
 		return pb, nil
 	}
 	pb.recs = make([]Record, 0, len(b.GetRecords()))
+	pb.from = make([]int, 0, len(b.GetRecords()))
 	pb.accepted = make([]bool, len(b.GetRecords()))
 	for i, pr := range b.GetRecords() {
 		r, reason, err := validateRecord(pr, peerID, svc, s.td)
@@ -405,8 +407,10 @@ func (s *Server) validateBatch(peerID spiffeid.ID, svc string, b *tallyv1.Record
 		pb.accepted[i] = true
 		if pr.GetIncludesSent() {
 			pb.recs = append(pb.recs, sentOf(r))
+			pb.from = append(pb.from, i)
 		}
 		pb.recs = append(pb.recs, r)
+		pb.from = append(pb.from, i)
 	}
 	return pb, nil
 }
@@ -415,7 +419,7 @@ func (s *Server) validateBatch(peerID spiffeid.ID, svc string, b *tallyv1.Record
 // event stream, reconciler.
 func (s *Server) applyPrepared(ctx context.Context, svc string, pb *preparedBatch) {
 	now := time.Now()
-	b, key, recs, accepted, rejected, firstErr := pb.b, pb.key, pb.recs, pb.accepted, pb.rejected, pb.firstErr
+	b, key, recs, rejected, firstErr := pb.b, pb.key, pb.recs, pb.rejected, pb.firstErr
 	a := s.store.Apply(key, recs, now)
 	if a.Duplicate {
 		s.m.batches.WithLabelValues("duplicate").Inc()
@@ -445,22 +449,14 @@ func (s *Server) applyPrepared(ctx context.Context, svc string, pb *preparedBatc
 		}
 	}
 	s.publishApplied(a)
-	// Reconcile both sides' records in real time.
-	rrecs := make([]reconcile.Record, 0, len(recs))
-	for i, pr := range b.GetRecords() {
-		if !accepted[i] {
-			continue
-		}
-		rr := toReconcile(pr, b.GetInstanceId())
-		if pr.GetIncludesSent() {
-			sent := rr
-			sent.Kind = reconcile.Sent
-			if !rr.At.IsZero() {
-				sent.At = rr.At.Add(-time.Duration(pr.GetLatencyNanos()))
-			}
-			rrecs = append(rrecs, sent)
-		}
-		rrecs = append(rrecs, rr)
+	// Reconcile both sides' records in real time: the records as stored
+	// (a SENT that includes_sent stands for among them, derived once, by
+	// sentOf), with what only the upload carries (digests, peer instance).
+	rrecs := make([]reconcile.Record, len(recs))
+	for i, r := range recs {
+		rr := toReconcile(b.GetRecords()[pb.from[i]], b.GetInstanceId())
+		rr.Kind, rr.At = reconcile.RecordKind(r.Kind), r.At
+		rrecs[i] = rr
 	}
 	s.applyFindings(ctx, s.recon.AddBatch(rrecs, now))
 }
