@@ -172,12 +172,12 @@ func (a *agent) tryJoin(ctx context.Context) error {
 	return nil
 }
 
-// signBatch signs the ledger leaves of b with the current SVID's key; a
-// batch without leaves goes unsigned. A failure leaves the batch unsigned:
-// the control plane stores it and says so.
 // signYieldEvery is how many leaves signBatch hashes between yields.
 const signYieldEvery = 64
 
+// signBatch signs the ledger leaves of b with the current SVID's key; a
+// batch without leaves goes unsigned. A failure leaves the batch unsigned:
+// the control plane stores it and says so.
 func (a *agent) signBatch(b *tallyv1.RecordBatch) {
 	// The leaves are encoded and hashed one by one, yielding now and then:
 	// the sidecar runs on one core, and a whole batch at once (up to a
