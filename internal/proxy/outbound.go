@@ -458,10 +458,9 @@ func (p *Proxy) verifyResponse(c *call, resp *http.Response, req *verifyingReade
 	return nil
 }
 
-// field reads one of the peer's accounting fields: from the trailer, or from
-// the header when the response had no body to trail.
-// field is the value of the accounting field k (a canonical name), from
-// the trailer or else the header.
+// field reads one of the peer's accounting fields, k (a canonical name):
+// from the trailer, or from the header when the response had no body to
+// trail.
 func field(resp *http.Response, k string) string {
 	if v := resp.Trailer[k]; len(v) > 0 && v[0] != "" {
 		return v[0]
