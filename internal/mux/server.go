@@ -445,46 +445,45 @@ func (w *responseWriter) writeHeaders(end bool) error {
 	})
 }
 
-func (w *responseWriter) trailers() http.Header {
+// trailers collects the response's trailers: the keys declared in
+// "Trailer" and those set with http.TrailerPrefix. When fold is set (the
+// header block has not gone out yet), the ones fold accepts go in the
+// header block instead: a declared one's value is in w.h already and only
+// stops being held back; a prefixed one loses its prefix. One pass over
+// w.h either way.
+func (w *responseWriter) trailers(fold func(string) bool) http.Header {
 	var tr http.Header
-	for _, k := range w.declared {
-		if vs := w.h[k]; len(vs) > 0 {
-			if tr == nil {
-				tr = http.Header{}
-			}
-			tr[k] = vs
+	add := func(k string, vs []string) {
+		if tr == nil {
+			tr = http.Header{}
 		}
+		tr[k] = vs
 	}
-	for k, vs := range w.h {
-		if strings.HasPrefix(k, http.TrailerPrefix) && len(vs) > 0 {
-			if tr == nil {
-				tr = http.Header{}
-			}
-			tr[http.CanonicalHeaderKey(strings.TrimPrefix(k, http.TrailerPrefix))] = vs
-		}
-	}
-	return tr
-}
-
-// foldTrailers moves the trailers fold accepts into the header block
-// (which has not gone out yet). A declared trailer's value is already in
-// w.h and only stops being held back; a prefixed key loses its prefix.
-func (w *responseWriter) foldTrailers(fold func(string) bool) {
 	kept := w.declared[:0] // w.declared is this writer's own
 	for _, k := range w.declared {
-		if !fold(k) {
-			kept = append(kept, k)
+		if fold != nil && fold(k) {
+			continue
+		}
+		kept = append(kept, k)
+		if vs := w.h[k]; len(vs) > 0 {
+			add(k, vs)
 		}
 	}
 	w.declared = kept
 	for k, vs := range w.h {
-		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
-			if name = http.CanonicalHeaderKey(name); fold(name) {
-				w.h[name] = vs
-				delete(w.h, k)
-			}
+		name, ok := strings.CutPrefix(k, http.TrailerPrefix)
+		if !ok || len(vs) == 0 {
+			continue
 		}
+		name = http.CanonicalHeaderKey(name)
+		if fold != nil && fold(name) {
+			w.h[name] = vs
+			delete(w.h, k)
+			continue
+		}
+		add(name, vs)
 	}
+	return tr
 }
 
 // finish ends the response: headers if not yet sent, the buffered data and
@@ -498,10 +497,11 @@ func (w *responseWriter) finish() {
 	if w.err != nil {
 		return
 	}
-	if fold := w.sc.srv.FoldTrailer; fold != nil && !w.sentHeader {
-		w.foldTrailers(fold)
+	var fold func(string) bool
+	if !w.sentHeader {
+		fold = w.sc.srv.FoldTrailer
 	}
-	tr := w.trailers()
+	tr := w.trailers(fold)
 	// Fast path: everything fits the send windows; one write, one flush.
 	n := len(w.buf)
 	c.mu.Lock()
