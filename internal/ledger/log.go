@@ -431,11 +431,7 @@ func checkCovers(sig *BatchSignature, leafHashes [][32]byte) error {
 	if sig.Count != uint64(len(leafHashes)) {
 		return fmt.Errorf("%w: it signs %d leaves, the batch has %d", ErrBadBatch, sig.Count, len(leafHashes))
 	}
-	var b RootBuilder
-	for i := range leafHashes {
-		b.addHash(leafHashes[i])
-	}
-	if b.Root() != sig.Root {
+	if rootOfHashes(leafHashes) != sig.Root {
 		return fmt.Errorf("%w: it signs another root", ErrBadBatch)
 	}
 	return nil

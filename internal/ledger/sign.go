@@ -61,6 +61,15 @@ func (b *RootBuilder) addHash(h [32]byte) {
 	b.n++
 }
 
+// rootOfHashes is the batch root of leaves given by their leaf hashes.
+func rootOfHashes(leafHashes [][32]byte) [32]byte {
+	var b RootBuilder
+	for i := range leafHashes {
+		b.addHash(leafHashes[i])
+	}
+	return b.Root()
+}
+
 // Len is the number of leaves added.
 func (b *RootBuilder) Len() uint64 { return b.n }
 
@@ -200,11 +209,7 @@ func VerifyBatchSignatureHashes(sig *BatchSignature, leafHashes [][32]byte, root
 	if got := uint64(len(leafHashes)); got != sig.Count {
 		return nil, fmt.Errorf("%w: signed %d leaves, got %d", ErrBadBatchSignature, sig.Count, got)
 	}
-	var b RootBuilder
-	for i := range leafHashes {
-		b.addHash(leafHashes[i])
-	}
-	if b.Root() != sig.Root {
+	if rootOfHashes(leafHashes) != sig.Root {
 		return nil, fmt.Errorf("%w: the leaves' root differs from the signed root", ErrBadBatchSignature)
 	}
 	return sig.Verify(roots)
