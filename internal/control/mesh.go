@@ -454,9 +454,7 @@ func (s *Server) applyPrepared(ctx context.Context, svc string, pb *preparedBatc
 	// sentOf), with what only the upload carries (digests, peer instance).
 	rrecs := make([]reconcile.Record, len(recs))
 	for i, r := range recs {
-		rr := toReconcile(b.GetRecords()[pb.from[i]], b.GetInstanceId())
-		rr.Kind, rr.At = reconcile.RecordKind(r.Kind), r.At
-		rrecs[i] = rr
+		rrecs[i] = toReconcile(r, b.GetRecords()[pb.from[i]], b.GetInstanceId())
 	}
 	s.applyFindings(ctx, s.recon.AddBatch(rrecs, now))
 }
@@ -493,20 +491,19 @@ func sentOf(confirmed Record) Record {
 	return r
 }
 
-func toReconcile(pr *tallyv1.Record, instance string) reconcile.Record {
-	r := reconcile.Record{
-		Kind: reconcile.RecordKind(pr.GetKind()), MessageID: strings.ToLower(pr.GetMessageId()), Seq: pr.GetSeq(),
+// toReconcile is the reconciler's view of stored record r, uploaded as pr:
+// kind, id and time as stored (r may be the SENT that pr's includes_sent
+// stands for), the rest as uploaded.
+func toReconcile(r Record, pr *tallyv1.Record, instance string) reconcile.Record {
+	return reconcile.Record{
+		Kind: reconcile.RecordKind(r.Kind), MessageID: r.MessageID, Seq: pr.GetSeq(),
 		Source: pr.GetSource(), Destination: pr.GetDestination(),
 		SourceIdentity: pr.GetSourceIdentity(), DestinationIdentity: pr.GetDestinationIdentity(),
 		Instance: instance, PeerInstance: pr.GetPeerInstanceId(), Reporter: pr.GetReporter(),
 		RequestDigest: pr.GetRequestDigest(), ResponseDigest: pr.GetResponseDigest(),
 		RequestBytes: pr.GetRequestBytes(), ResponseBytes: pr.GetResponseBytes(),
-		OmissionKind: pr.GetOmissionKind(), Detail: pr.GetDetail(),
+		OmissionKind: pr.GetOmissionKind(), Detail: pr.GetDetail(), At: r.At,
 	}
-	if n := pr.GetAtUnixNano(); n > 0 {
-		r.At = time.Unix(0, n)
-	}
-	return r
 }
 
 // applyFindings turns the reconciler's findings into omission events: in
