@@ -69,14 +69,14 @@ func (b *headerBlock) emit(d *hpack.Decoder, f hpack.HeaderField) {
 		d.SetEmitEnabled(false)
 		return
 	}
-	if size := f.Size(); size > b.remain {
+	size := f.Size()
+	if size > b.remain {
 		b.truncated = true
 		b.remain = 0
 		d.SetEmitEnabled(false)
 		return
-	} else {
-		b.remain -= size
 	}
+	b.remain -= size
 	b.fields = append(b.fields, f)
 }
 
