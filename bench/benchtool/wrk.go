@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -150,7 +151,9 @@ func parseWrkDuration(s string) (time.Duration, error) {
 	for _, u := range units {
 		if num, ok := strings.CutSuffix(s, u.suffix); ok {
 			v, err := strconv.ParseFloat(num, 64)
-			if err != nil || v < 0 {
+			// The bound keeps the conversion exact in range: a float64 of
+			// math.MaxInt64 or above (or NaN, Inf) turns into a negative Duration.
+			if err != nil || !(v >= 0) || v*float64(u.d) >= math.MaxInt64 {
 				return 0, fmt.Errorf("duration %q", s)
 			}
 			return time.Duration(v * float64(u.d)), nil

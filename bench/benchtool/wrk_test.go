@@ -73,6 +73,17 @@ func TestParseWrk(t *testing.T) {
 			in:      strings.Replace(wrkOK, "503.00us", "503.00xx", 1),
 			wantErr: "unknown unit",
 		},
+		{
+			// Found by FuzzParseWrk: 1e300 hours overflowed into a negative Duration.
+			name:    "duration out of range",
+			in:      strings.Replace(wrkOK, "37.80ms", "1e300h", 1),
+			wantErr: `latency 99%: duration "1e300h"`,
+		},
+		{
+			name:    "not a number",
+			in:      strings.Replace(wrkOK, "503.00us", "NaNus", 1),
+			wantErr: `latency 50%: duration "NaNus"`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
