@@ -18,6 +18,7 @@
 #   BENCH_ENFORCE=1               exit 4 when a tally target fails
 #   BENCH_GOPROXY_H2=0            goproxy hops talk HTTP/1.1 instead of HTTP/2 (default 1)
 #   BENCH_TALLY_BIN=PATH          use this tally binary instead of building ./cmd/tally
+#   BENCH_CONTROL_NICE=N          nice value of tally's control plane (default 19; 0: same as all)
 #
 # Exit: 0 done; 1 setup failed; 3 some measurement failed (reported in the table);
 # 4 a tally target failed (only with BENCH_ENFORCE=1).
@@ -36,6 +37,7 @@ KEEP=${BENCH_KEEP:-0}
 ENFORCE=${BENCH_ENFORCE:-0}
 GOPROXY_H2=${BENCH_GOPROXY_H2:-1}
 TALLY_BIN=${BENCH_TALLY_BIN:-}
+CONTROL_NICE=${BENCH_CONTROL_NICE:-19}
 
 SIZES=(1k 64k)
 declare -A SIZE_BYTES=([1k]=1024 [64k]=65536)
@@ -252,7 +254,12 @@ URL[direct]=http://127.0.0.1:$P_BACKEND
 
 start_tally() {
 	local t=$TMP/tally data=$TMP/ctl
-	start tally-control "$t" control --data "$data" --grpc-addr "127.0.0.1:$P_CTL_GRPC" --http-addr "127.0.0.1:$P_CTL_HTTP"
+	# The control plane is off the request path (sidecars batch their records to it)
+	# and in a deployment runs on other machines than the data path. Here it shares
+	# the two cores, so it runs at the lowest priority: its ledger commits, a few
+	# milliseconds of CPU each, otherwise preempt the proxies and set the p99.
+	# Its CPU is still measured (INFO line); README "The tally configuration".
+	start tally-control nice -n "$CONTROL_NICE" "$t" control --data "$data" --grpc-addr "127.0.0.1:$P_CTL_GRPC" --http-addr "127.0.0.1:$P_CTL_HTTP"
 	local ctl=$LASTPID
 	ready tally-control "$BT" wait-file -timeout 60s "$data/join-token"
 	ready tally-control "$BT" wait-http -timeout 60s "http://127.0.0.1:$P_CTL_HTTP/readyz"
@@ -549,6 +556,7 @@ done
 	echo "duration: ${DURATION}s x $ROUNDS rounds, warm-up ${WARMUP}s; configurations: ${CONFIGS[*]}"
 	echo "go: $(go version | cut -d' ' -f3)"
 	echo "wrk: $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
+	has tally && echo "tally control plane: nice $CONTROL_NICE"
 	has nginx && echo "nginx: $(nginx -v 2>&1 | cut -d' ' -f3-)"
 	has haproxy && echo "haproxy: $(haproxy -v 2>&1 | head -n 1 | cut -d' ' -f3)"
 	[[ -s $TMP/logs/goproxy-a.log ]] && grep -h 'speaks' "$TMP/logs/goproxy-a.log" | sed 's/^.*goproxy: /goproxy between hops: /' | head -n 1
