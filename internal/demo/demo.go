@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,13 +78,20 @@ func Run(ctx context.Context, cfg Config) error {
 	defer ctlCancel()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The apps and sidecars outlive ctx by the traffic generator's drain:
+	// on Ctrl-C it stops sending and its requests in flight finish before
+	// they stop, so that stopping the demo does not itself cut messages
+	// (and report omissions). A component's failure stops them at once.
+	meshCtx, meshCancel := context.WithCancel(context.WithoutCancel(ctx))
+	fail := func() { cancel(); meshCancel() }
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer meshCancel()
 	errc := make(chan error, 16)
 	ctlWG.Go(func() {
 		if err := ctl.Run(ctlCtx); err != nil {
 			errc <- fmt.Errorf("control plane: %w", err)
-			cancel()
+			fail()
 		}
 	})
 	if err := waitFor(ctx, errc, ctl.Ready); err != nil {
@@ -127,7 +135,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		wg.Go(func() { srv.Serve(ln) })
-		context.AfterFunc(ctx, func() { srv.Close() })
+		context.AfterFunc(meshCtx, func() { srv.Close() })
 		p, err := proxy.New(proxy.Config{Token: tok, Service: s.name, AppAddr: s.app, InboundAddr: s.inbound,
 			OutboundAddr: s.outbound, Logger: cfg.Logger})
 		if err != nil {
@@ -135,9 +143,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		s.sidecar = p
 		wg.Go(func() {
-			if err := p.Run(ctx); err != nil {
+			if err := p.Run(meshCtx); err != nil {
 				errc <- fmt.Errorf("sidecar %s: %w", s.name, err)
-				cancel()
+				fail()
 			}
 		})
 	}
@@ -150,9 +158,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	wg.Go(func() {
-		if err := gen.Run(ctx); err != nil {
+		if err := gen.Run(meshCtx); err != nil {
 			errc <- fmt.Errorf("sidecar loadgen: %w", err)
-			cancel()
+			fail()
 		}
 	})
 	for _, s := range services {
@@ -162,6 +170,19 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if err := waitFor(ctx, errc, gen.Ready); err != nil {
 		return err
+	}
+	// Each caller must know its callee's endpoint before traffic starts: a
+	// sidecar that joined before the next service registered learns of it
+	// from the watch stream a moment later, and a call meanwhile fails with
+	// 503.
+	sidecar := map[string]*proxy.Proxy{"loadgen": gen}
+	for _, s := range services {
+		sidecar[s.name] = s.sidecar
+	}
+	for caller, callee := range map[string]string{"loadgen": "frontend", "frontend": "orders", "orders": "payments"} {
+		if err := waitFor(ctx, errc, func() bool { return sidecar[caller].Routes(callee) }); err != nil {
+			return err
+		}
 	}
 	admin, _ := os.ReadFile(filepath.Join(dataDir, "admin-token"))
 	fmt.Fprintf(cfg.Out, `Tally demo running: loadgen -> frontend -> orders -> payments, every hop through two sidecars.
@@ -173,20 +194,28 @@ func Run(ctx context.Context, cfg Config) error {
 Ctrl-C stops everything.
 `, ctl.HTTPAddr(), strings.TrimSpace(string(admin)), ctl.HTTPAddr())
 
-	wg.Go(func() { generate(ctx, genOut, cfg.Rate, cfg.Report, cfg.Out) })
+	genDone := make(chan struct{})
+	wg.Go(func() {
+		defer close(genDone)
+		generate(ctx, genOut, cfg.Rate, cfg.Report, cfg.Out)
+	})
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
-		cancel()
+		fail()
 		return err
 	}
+	<-genDone // then the deferred meshCancel stops the sidecars and apps
 	return nil
 }
 
 // generate calls frontend at rate per second through the loadgen sidecar and
-// prints a status line every report interval.
+// prints a status line every report interval. When ctx ends it sends no more
+// and returns once the requests in flight have finished (each within the
+// client's timeout): they are not cut short.
 func generate(ctx context.Context, outbound string, rate int, report time.Duration, out io.Writer) {
 	client := &http.Client{Timeout: 10 * time.Second}
+	reqCtx := context.WithoutCancel(ctx)
 	var ok, failed atomic.Int64
 	byKind := sync.Map{}
 	tick := time.NewTicker(time.Second / time.Duration(rate))
@@ -194,21 +223,26 @@ func generate(ctx context.Context, outbound string, rate int, report time.Durati
 	rep := time.NewTicker(report)
 	defer rep.Stop()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	status := func(what string) {
+		var kinds []string
+		byKind.Range(func(k, v any) bool {
+			kinds = append(kinds, fmt.Sprintf("%s=%d", k, v.(*atomic.Int64).Load()))
+			return true
+		})
+		sort.Strings(kinds)
+		fmt.Fprintf(out, "%s  %s ok %d, failed loudly %d %v\n", time.Now().Format("15:04:05"), what, ok.Load(), failed.Load(), kinds)
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			wg.Wait()
+			status("stopped; requests")
 			return
 		case <-rep.C:
-			var kinds []string
-			byKind.Range(func(k, v any) bool {
-				kinds = append(kinds, fmt.Sprintf("%s=%d", k, v.(*atomic.Int64).Load()))
-				return true
-			})
-			fmt.Fprintf(out, "%s  requests ok %d, failed loudly %d %v\n", time.Now().Format("15:04:05"), ok.Load(), failed.Load(), kinds)
+			status("requests")
 		case <-tick.C:
 			wg.Go(func() {
-				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+outbound+"/checkout", nil)
+				req, _ := http.NewRequestWithContext(reqCtx, "GET", "http://"+outbound+"/checkout", nil)
 				req.Host = "frontend"
 				resp, err := client.Do(req)
 				if err == nil {
@@ -217,9 +251,6 @@ func generate(ctx context.Context, outbound string, rate int, report time.Durati
 				}
 				if err == nil && resp.StatusCode == 200 {
 					ok.Add(1)
-					return
-				}
-				if ctx.Err() != nil {
 					return
 				}
 				failed.Add(1)

@@ -154,6 +154,14 @@ func (p *Proxy) holdBytes() int64 { return max(p.cfg.HoldBytes, 0) }
 // the endpoint snapshot.
 func (p *Proxy) Ready() bool { return p.ready.Load() }
 
+// Routes reports whether the sidecar is ready and its endpoint snapshot
+// holds an endpoint of service: whether a call to service can be routed now.
+// A sidecar that joined before service registered learns of it from the
+// watch stream a moment later.
+func (p *Proxy) Routes(service string) bool {
+	return p.Ready() && len(p.agent.state.Load().endpoints[service]) > 0
+}
+
 // Run joins the mesh, serves until ctx ends, then drains in-flight messages,
 // uploads the remaining records and returns.
 func (p *Proxy) Run(ctx context.Context) error {
