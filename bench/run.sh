@@ -18,7 +18,7 @@
 #   BENCH_ENFORCE=1               exit 4 when a tally target fails
 #   BENCH_GOPROXY_H2=0            goproxy hops talk HTTP/1.1 instead of HTTP/2 (default 1)
 #   BENCH_TALLY_BIN=PATH          use this tally binary instead of building ./cmd/tally
-#   BENCH_CONTROL_NICE=N          nice value of tally's control plane (default 19; 0: same as all)
+#   BENCH_CONTROL_SCHED=idle      tally's control plane: idle (SCHED_IDLE, default), nice (nice 19), normal
 #
 # Exit: 0 done; 1 setup failed; 3 some measurement failed (reported in the table);
 # 4 a tally target failed (only with BENCH_ENFORCE=1).
@@ -37,7 +37,16 @@ KEEP=${BENCH_KEEP:-0}
 ENFORCE=${BENCH_ENFORCE:-0}
 GOPROXY_H2=${BENCH_GOPROXY_H2:-1}
 TALLY_BIN=${BENCH_TALLY_BIN:-}
-CONTROL_NICE=${BENCH_CONTROL_NICE:-19}
+CONTROL_SCHED=${BENCH_CONTROL_SCHED:-idle}
+case $CONTROL_SCHED in
+idle) CONTROL_PREFIX=(chrt --idle 0) ;;
+nice) CONTROL_PREFIX=(nice -n 19) ;;
+normal) CONTROL_PREFIX=() ;;
+*)
+	echo "BENCH_CONTROL_SCHED: want idle, nice or normal, not '$CONTROL_SCHED'" >&2
+	exit 1
+	;;
+esac
 
 SIZES=(1k 64k)
 declare -A SIZE_BYTES=([1k]=1024 [64k]=65536)
@@ -256,10 +265,11 @@ start_tally() {
 	local t=$TMP/tally data=$TMP/ctl
 	# The control plane is off the request path (sidecars batch their records to it)
 	# and in a deployment runs on other machines than the data path. Here it shares
-	# the two cores, so it runs at the lowest priority: its ledger commits, a few
-	# milliseconds of CPU each, otherwise preempt the proxies and set the p99.
-	# Its CPU is still measured (INFO line); README "The tally configuration".
-	start tally-control nice -n "$CONTROL_NICE" "$t" control --data "$data" --grpc-addr "127.0.0.1:$P_CTL_GRPC" --http-addr "127.0.0.1:$P_CTL_HTTP"
+	# the two cores, so by default it only gets CPU the rest leaves idle: its ledger
+	# commits, a few milliseconds of CPU each, otherwise preempt the proxies and set
+	# the p99. Its CPU is still measured (INFO line), and check_accounting proves it
+	# kept up; README "The tally configuration".
+	start tally-control "${CONTROL_PREFIX[@]}" "$t" control --data "$data" --grpc-addr "127.0.0.1:$P_CTL_GRPC" --http-addr "127.0.0.1:$P_CTL_HTTP"
 	local ctl=$LASTPID
 	ready tally-control "$BT" wait-file -timeout 60s "$data/join-token"
 	ready tally-control "$BT" wait-http -timeout 60s "http://127.0.0.1:$P_CTL_HTTP/readyz"
@@ -548,6 +558,23 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	done
 done
 
+# ---- accounting --------------------------------------------------------------------------------
+# With all its accounting on: every message the bench sent through tally was
+# confirmed by the caller's sidecar, received by the callee's, and has its leaf
+# in the control plane's ledger (which may lag by a batch), with no omission
+# and no dropped record.
+ACCOUNTING="not measured"
+if has tally; then
+	if ACCOUNTING=$("$BT" accounting -timeout 60s -caller "http://127.0.0.1:$P_TALLY_ADMIN_A/metrics" \
+		-callee "http://127.0.0.1:$P_TALLY_ADMIN_B/metrics" -control "http://127.0.0.1:$P_CTL_HTTP/metrics" 2>&1); then
+		log "tally accounting: $ACCOUNTING"
+	else
+		FAILED=$((FAILED + 1))
+		ACCOUNTING="FAILED: $ACCOUNTING"
+		log "MEASUREMENT FAILED: tally accounting: $ACCOUNTING"
+	fi
+fi
+
 # ---- report ------------------------------------------------------------------------------------
 {
 	echo "date: $STAMP"
@@ -556,7 +583,8 @@ done
 	echo "duration: ${DURATION}s x $ROUNDS rounds, warm-up ${WARMUP}s; configurations: ${CONFIGS[*]}"
 	echo "go: $(go version | cut -d' ' -f3)"
 	echo "wrk: $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
-	has tally && echo "tally control plane: nice $CONTROL_NICE"
+	has tally && echo "tally control plane: $CONTROL_SCHED (${CONTROL_PREFIX[*]:-no prefix})"
+	has tally && echo "tally accounting: $ACCOUNTING"
 	has nginx && echo "nginx: $(nginx -v 2>&1 | cut -d' ' -f3-)"
 	has haproxy && echo "haproxy: $(haproxy -v 2>&1 | head -n 1 | cut -d' ' -f3)"
 	[[ -s $TMP/logs/goproxy-a.log ]] && grep -h 'speaks' "$TMP/logs/goproxy-a.log" | sed 's/^.*goproxy: /goproxy between hops: /' | head -n 1

@@ -13,6 +13,7 @@
 //	benchtool sys                          machine CPU ticks: busy (user+nice+system), total, steal
 //	benchtool record [flags]               parse one wrk output, append a raw CSV row
 //	benchtool report [flags]               medians, ratios, Markdown table, targets
+//	benchtool accounting -caller URL -callee URL -control URL   every message confirmed, received and in the ledger
 package main
 
 import (
@@ -59,6 +60,8 @@ func main() {
 		err = cmdRecord(args)
 	case "report":
 		err = cmdReport(args)
+	case "accounting":
+		err = cmdAccounting(args)
 	default:
 		usage()
 	}
@@ -75,7 +78,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: benchtool ports|certs|wait-file|wait-http|probe|cpu|hwm|tree|sys|record|report ...")
+	fmt.Fprintln(os.Stderr, "usage: benchtool ports|certs|wait-file|wait-http|probe|cpu|hwm|tree|sys|record|report|accounting ...")
 	os.Exit(2)
 }
 

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// sumMetrics adds up, per metric name, the samples of a Prometheus text
+// exposition: "name{labels} value [timestamp]" lines; comments and blank lines
+// are skipped. A sample line it cannot read is an error naming the line.
+func sumMetrics(r io.Reader) (map[string]float64, error) {
+	sums := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		name, rest := line, ""
+		if i := strings.IndexAny(line, "{ \t"); i >= 0 {
+			name, rest = line[:i], line[i:]
+		}
+		if strings.HasPrefix(rest, "{") {
+			// Label values may hold spaces and braces, but not an unescaped quote.
+			end, inQuote := -1, false
+			for i := 1; i < len(rest) && end < 0; i++ {
+				switch {
+				case rest[i] == '\\' && inQuote:
+					i++
+				case rest[i] == '"':
+					inQuote = !inQuote
+				case rest[i] == '}' && !inQuote:
+					end = i
+				}
+			}
+			if end < 0 {
+				return nil, fmt.Errorf("metrics line %d: unterminated labels: %q", n, line)
+			}
+			rest = rest[end+1:]
+		}
+		f := strings.Fields(rest)
+		if name == "" || len(f) < 1 || len(f) > 2 {
+			return nil, fmt.Errorf("metrics line %d: want name, value and an optional timestamp: %q", n, line)
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil || math.IsNaN(v) {
+			return nil, fmt.Errorf("metrics line %d: value %q", n, f[0])
+		}
+		sums[name] += v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return sums, nil
+}
+
+func fetchMetrics(c *http.Client, url string) (map[string]float64, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	m, err := sumMetrics(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	return m, nil
+}
+
+// cmdAccounting checks, after the load, that tally accounted for every
+// message: the caller sidecar confirmed all it sent, the callee received as
+// many, neither detected an omission or dropped a record, and the control
+// plane's ledger holds a leaf for each (it may lag by a batch: it waits).
+func cmdAccounting(args []string) error {
+	fs := flag.NewFlagSet("accounting", flag.ContinueOnError)
+	timeout := fs.Duration("timeout", 30*time.Second, "how long the ledger may take to catch up")
+	caller := fs.String("caller", "", "caller sidecar's metrics URL")
+	callee := fs.String("callee", "", "callee sidecar's metrics URL")
+	control := fs.String("control", "", "control plane's metrics URL")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 || *caller == "" || *callee == "" || *control == "" {
+		return fmt.Errorf("want -caller URL -callee URL -control URL [-timeout D]")
+	}
+	c := &http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(*timeout)
+	for {
+		a, err := fetchMetrics(c, *caller)
+		if err != nil {
+			return err
+		}
+		b, err := fetchMetrics(c, *callee)
+		if err != nil {
+			return err
+		}
+		ctl, err := fetchMetrics(c, *control)
+		if err != nil {
+			return err
+		}
+		sent, confirmed := a["tally_messages_sent_total"], a["tally_messages_confirmed_total"]
+		received, leaves := b["tally_messages_received_total"], ctl["tally_ledger_size"]
+		omissions := a["tally_omissions_total"] + b["tally_omissions_total"]
+		dropped := a["tally_proxy_records_dropped_total"] + b["tally_proxy_records_dropped_total"]
+		line := fmt.Sprintf("sent %.0f, confirmed %.0f (caller), received %.0f (callee), ledger %.0f leaves, omissions %.0f, records dropped %.0f",
+			sent, confirmed, received, leaves, omissions, dropped)
+		var bad []string
+		if sent == 0 {
+			bad = append(bad, "nothing sent")
+		}
+		if confirmed != sent || received != sent {
+			bad = append(bad, "not every message confirmed and received")
+		}
+		if omissions != 0 || dropped != 0 {
+			bad = append(bad, "omissions or dropped records")
+		}
+		if len(bad) == 0 && leaves == confirmed {
+			fmt.Println(line)
+			return nil
+		}
+		if len(bad) == 0 && leaves > confirmed {
+			bad = append(bad, "more ledger leaves than confirmations")
+		}
+		if len(bad) > 0 || time.Now().After(deadline) {
+			if len(bad) == 0 {
+				bad = append(bad, fmt.Sprintf("ledger behind after %s", *timeout))
+			}
+			return fmt.Errorf("%s: %s", line, strings.Join(bad, "; "))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

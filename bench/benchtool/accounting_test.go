@@ -1,0 +1,64 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+const metricsText = `# HELP tally_messages_confirmed_total Sent messages whose receipt verified.
+# TYPE tally_messages_confirmed_total counter
+tally_messages_confirmed_total{destination="backend",source="client"} 1200
+tally_messages_confirmed_total{destination="other",source="client"} 34
+tally_ledger_size 1234
+odd_label{path="/a b{c}",q="say \"hi\" }"} 2 1700000000000
+process_cpu_seconds_total 1.5e+01
+`
+
+func TestSumMetrics(t *testing.T) {
+	got, err := sumMetrics(strings.NewReader(metricsText))
+	if err != nil {
+		t.Fatalf("sumMetrics: %v", err)
+	}
+	want := map[string]float64{
+		"tally_messages_confirmed_total": 1234,
+		"tally_ledger_size":              1234,
+		"odd_label":                      2,
+		"process_cpu_seconds_total":      15,
+	}
+	if len(got) != len(want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+
+	for _, bad := range []struct{ in, err string }{
+		{"x{a=\"b\" 3\n", "line 1: unterminated labels"},
+		{"ok 1\nx\n", "line 2: want name, value"},
+		{"x 1 2 3\n", "line 1: want name, value"},
+		{"x NaN\n", `line 1: value "NaN"`},
+		{"x one\n", `line 1: value "one"`},
+	} {
+		if _, err := sumMetrics(strings.NewReader(bad.in)); err == nil || !strings.Contains(err.Error(), bad.err) {
+			t.Errorf("sumMetrics(%q): error %v, want one containing %q", bad.in, err, bad.err)
+		}
+	}
+}
+
+func FuzzSumMetrics(f *testing.F) {
+	f.Add(metricsText)
+	f.Add("x{a=\"\\\"}\"} 1\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		got, err := sumMetrics(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		for name := range got {
+			if name == "" || strings.ContainsAny(name, "{ \t") {
+				t.Fatalf("accepted a sample without a proper name: %q in %q", name, in)
+			}
+		}
+	})
+}
