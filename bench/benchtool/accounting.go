@@ -1,63 +1,37 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
-// sumMetrics adds up, per metric name, the samples of a Prometheus text
-// exposition: "name{labels} value [timestamp]" lines; comments and blank lines
-// are skipped. A sample line it cannot read is an error naming the line.
+// sumMetrics adds up, per metric name, the counter and gauge samples of a
+// Prometheus text exposition (the format every tally /metrics serves).
 func sumMetrics(r io.Reader) (map[string]float64, error) {
-	sums := map[string]float64{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		name, rest := line, ""
-		if i := strings.IndexAny(line, "{ \t"); i >= 0 {
-			name, rest = line[:i], line[i:]
-		}
-		if strings.HasPrefix(rest, "{") {
-			// Label values may hold spaces and braces, but not an unescaped quote.
-			end, inQuote := -1, false
-			for i := 1; i < len(rest) && end < 0; i++ {
-				switch {
-				case rest[i] == '\\' && inQuote:
-					i++
-				case rest[i] == '"':
-					inQuote = !inQuote
-				case rest[i] == '}' && !inQuote:
-					end = i
-				}
-			}
-			if end < 0 {
-				return nil, fmt.Errorf("metrics line %d: unterminated labels: %q", n, line)
-			}
-			rest = rest[end+1:]
-		}
-		f := strings.Fields(rest)
-		if name == "" || len(f) < 1 || len(f) > 2 {
-			return nil, fmt.Errorf("metrics line %d: want name, value and an optional timestamp: %q", n, line)
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil || math.IsNaN(v) {
-			return nil, fmt.Errorf("metrics line %d: value %q", n, f[0])
-		}
-		sums[name] += v
-	}
-	if err := sc.Err(); err != nil {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(r)
+	if err != nil {
 		return nil, err
+	}
+	sums := map[string]float64{}
+	for name, fam := range fams {
+		for _, m := range fam.GetMetric() {
+			switch {
+			case m.Counter != nil:
+				sums[name] += m.Counter.GetValue()
+			case m.Gauge != nil:
+				sums[name] += m.Gauge.GetValue()
+			case m.Untyped != nil:
+				sums[name] += m.Untyped.GetValue()
+			}
+		}
 	}
 	return sums, nil
 }

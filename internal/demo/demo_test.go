@@ -1,34 +1,16 @@
 package demo
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/tally-mesh/tally/internal/testutil"
 )
-
-// syncBuffer is a bytes.Buffer safe for the demo's goroutines to write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 var statusLine = regexp.MustCompile(`(stopped; )?requests ok (\d+), failed loudly (\d+) \[(.*)\]`)
 
@@ -53,7 +35,7 @@ func TestRunStopsWithoutOmissions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the whole demo mesh")
 	}
-	var out, logs syncBuffer
+	var out, logs testutil.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
