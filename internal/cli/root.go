@@ -32,6 +32,9 @@ func (e problemError) Unwrap() error { return e.err }
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal starts a graceful stop (sidecars drain, the demo lets
+	// its requests finish); a second one ends the process at once.
+	context.AfterFunc(ctx, stop)
 	root := newRoot()
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
