@@ -267,8 +267,8 @@ start_tally() {
 	# and in a deployment runs on other machines than the data path. Here it shares
 	# the two cores, so by default it only gets CPU the rest leaves idle: its ledger
 	# commits, a few milliseconds of CPU each, otherwise preempt the proxies and set
-	# the p99. Its CPU is still measured (INFO line), and check_accounting proves it
-	# kept up; README "The tally configuration".
+	# the p99. Its CPU is still measured (INFO line), and `benchtool accounting`
+	# after the last measurement proves it kept up; README "The tally configuration".
 	start tally-control "${CONTROL_PREFIX[@]}" "$t" control --data "$data" --grpc-addr "127.0.0.1:$P_CTL_GRPC" --http-addr "127.0.0.1:$P_CTL_HTTP"
 	local ctl=$LASTPID
 	ready tally-control "$BT" wait-file -timeout 60s "$data/join-token"
@@ -571,7 +571,7 @@ if has tally; then
 	else
 		FAILED=$((FAILED + 1))
 		ACCOUNTING="FAILED: $ACCOUNTING"
-		log "MEASUREMENT FAILED: tally accounting: $ACCOUNTING"
+		log "MEASUREMENT FAILED: tally $ACCOUNTING"
 	fi
 fi
 
@@ -601,7 +601,7 @@ echo
 log "results: $RUN_OUT/{report.md,summary.csv,raw.csv,meta.txt,wrk/} (also $OUT_ROOT/latest)"
 log "took $(($(date +%s) - START_TS)) s (estimate was ~$estimate s plus builds)"
 if ((FAILED > 0)); then
-	log "$FAILED measurement(s) FAILED: see the errors column above"
+	log "$FAILED measurement(s) FAILED: see the errors column and the log above"
 	exit 3
 fi
 ((report_rc == 0)) || exit "$report_rc"

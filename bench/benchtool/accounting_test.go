@@ -1,6 +1,9 @@
 package main
 
 import (
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -55,4 +58,41 @@ func FuzzSumMetrics(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestAccounting drives cmdAccounting against served metrics: the verdict
+// for a run that accounted for everything, a ledger that stays behind, and
+// a sidecar that saw an omission.
+func TestAccounting(t *testing.T) {
+	serve := func(body string) string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, body) }))
+		t.Cleanup(srv.Close)
+		return srv.URL
+	}
+	caller := serve("tally_messages_sent_total{source=\"a\",destination=\"b\"} 10\n" +
+		"tally_messages_confirmed_total{source=\"a\",destination=\"b\"} 10\n")
+	callee := serve("tally_messages_received_total{source=\"a\",destination=\"b\"} 10\n")
+	lossy := serve("tally_messages_received_total{source=\"a\",destination=\"b\"} 10\n" +
+		"tally_omissions_total{source=\"a\",destination=\"b\",kind=\"truncated\"} 1\n")
+	for _, tc := range []struct {
+		name, callee, ledger, wantErr string
+	}{
+		{"all accounted", callee, "tally_ledger_size 10\n", ""},
+		{"ledger behind", callee, "tally_ledger_size 9\n", "ledger behind after"},
+		{"ledger ahead", callee, "tally_ledger_size 11\n", "more ledger leaves than confirmations"},
+		{"omission", lossy, "tally_ledger_size 10\n", "omissions or dropped records"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := cmdAccounting([]string{"-timeout", "300ms", "-caller", caller, "-callee", tc.callee, "-control", serve(tc.ledger)})
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("cmdAccounting: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("cmdAccounting: error %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
 }
