@@ -110,14 +110,15 @@ func Run(ctx context.Context, cfg Config) error {
 	// the sidecar's outbound listener for the app's own calls.
 	type svc struct {
 		name                   string
+		calls                  string // the service its app calls, if any
 		app, inbound, outbound string
-		handler                func(outbound string) http.Handler
+		handler                func(outbound, calls string) http.Handler
 		sidecar                *proxy.Proxy
 	}
 	services := []*svc{
 		{name: "payments", handler: paymentsApp},
-		{name: "orders", handler: ordersApp},
-		{name: "frontend", handler: frontendApp},
+		{name: "orders", calls: "payments", handler: ordersApp},
+		{name: "frontend", calls: "orders", handler: frontendApp},
 	}
 	for _, s := range services {
 		if s.app, err = freeAddr(); err != nil {
@@ -129,7 +130,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if s.outbound, err = freeAddr(); err != nil {
 			return err
 		}
-		srv := &http.Server{Addr: s.app, Handler: s.handler(s.outbound), ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Addr: s.app, Handler: s.handler(s.outbound, s.calls), ReadHeaderTimeout: 5 * time.Second}
 		ln, err := net.Listen("tcp", s.app)
 		if err != nil {
 			return err
@@ -175,12 +176,14 @@ func Run(ctx context.Context, cfg Config) error {
 	// sidecar that joined before the next service registered learns of it
 	// from the watch stream a moment later, and a call meanwhile fails with
 	// 503.
-	sidecar := map[string]*proxy.Proxy{"loadgen": gen}
+	routes := map[*proxy.Proxy]string{gen: "frontend"}
 	for _, s := range services {
-		sidecar[s.name] = s.sidecar
+		if s.calls != "" {
+			routes[s.sidecar] = s.calls
+		}
 	}
-	for caller, callee := range map[string]string{"loadgen": "frontend", "frontend": "orders", "orders": "payments"} {
-		if err := waitFor(ctx, errc, func() bool { return sidecar[caller].Routes(callee) }); err != nil {
+	for caller, callee := range routes {
+		if err := waitFor(ctx, errc, func() bool { return caller.Routes(callee) }); err != nil {
 			return err
 		}
 	}
@@ -284,18 +287,18 @@ func call(r *http.Request, outbound, service, path string, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
-func paymentsApp(string) http.Handler {
+func paymentsApp(_, _ string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"status":"paid","reference":%q}`, fmt.Sprintf("pay-%d", time.Now().UnixNano()))
 	})
 }
 
-func ordersApp(outbound string) http.Handler {
+func ordersApp(outbound, payments string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var pay map[string]any
-		if err := call(r, outbound, "payments", "/pay", &pay); err != nil {
-			http.Error(w, "payments: "+err.Error(), http.StatusBadGateway)
+		if err := call(r, outbound, payments, "/pay", &pay); err != nil {
+			http.Error(w, payments+": "+err.Error(), http.StatusBadGateway)
 			return
 		}
 		items := []map[string]any{{"sku": "tea", "qty": 2}, {"sku": "cup", "qty": 1}}
@@ -304,11 +307,11 @@ func ordersApp(outbound string) http.Handler {
 	})
 }
 
-func frontendApp(outbound string) http.Handler {
+func frontendApp(outbound, orders string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var order map[string]any
-		if err := call(r, outbound, "orders", "/orders", &order); err != nil {
-			http.Error(w, "orders: "+err.Error(), http.StatusBadGateway)
+		if err := call(r, outbound, orders, "/orders", &order); err != nil {
+			http.Error(w, orders+": "+err.Error(), http.StatusBadGateway)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
