@@ -143,9 +143,28 @@ func (c *conn) fail(err error) {
 	c.mu.Unlock()
 	for _, s := range streams {
 		s.closeRecv(err)
+		if s.ctx != nil {
+			s.ctx.cancel()
+		}
 	}
 	c.closeOne.Do(func() { close(c.closed) })
 	c.nc.Close()
+}
+
+// cancelStreams cancels the request contexts of the server streams open
+// now; the connection goes on.
+func (c *conn) cancelStreams() {
+	c.mu.Lock()
+	var open []*requestContext
+	for _, s := range c.streams {
+		if s.ctx != nil {
+			open = append(open, s.ctx)
+		}
+	}
+	c.mu.Unlock()
+	for _, ctx := range open {
+		ctx.cancel()
+	}
 }
 
 // Err reports the connection's fatal error, if any.

@@ -95,8 +95,9 @@ type serverConn struct {
 	srv    *Server
 	c      *conn
 	ctx    context.Context
-	lastID uint32 // highest stream opened; read loop only, then under srv.mu for GOAWAY
-	remote string // the peer's address, for Request.RemoteAddr
+	values context.Context // ctx without its cancellation, for the requests' values
+	lastID uint32          // highest stream opened; read loop only, then under srv.mu for GOAWAY
+	remote string          // the peer's address, for Request.RemoteAddr
 }
 
 var errShutdown = errors.New("mux: server shutting down")
@@ -112,6 +113,9 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	if s.ConnContext != nil {
 		sc.ctx = s.ConnContext(ctx, nc)
 	}
+	sc.values = context.WithoutCancel(sc.ctx)
+	// The requests' contexts end with the connection's context.
+	defer context.AfterFunc(sc.ctx, sc.c.cancelStreams)()
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
@@ -221,10 +225,14 @@ func (sc *serverConn) onHeaders(b *headerBlock, maxStreams uint32) error {
 		return nil
 	}
 	st = newStream(c, b.streamID)
+	st.ctx = newRequestContext(sc.values) // before others can see st
 	c.mu.Lock()
 	st.sendWindow = int64(c.peerWindow)
 	c.streams[st.id] = st
 	c.mu.Unlock()
+	if sc.ctx.Err() != nil { // else cancelStreams, which runs after, sees st
+		st.ctx.cancel()
+	}
 	st.headersSeen = true
 	if b.endStream {
 		c.markDone(st, false, true)
@@ -309,9 +317,7 @@ func (sc *serverConn) onHeaders(b *headerBlock, maxStreams uint32) error {
 	}
 	sc.srv.active.Add(1)
 	sc.srv.mu.Unlock()
-	ctx, cancel := context.WithCancel(sc.ctx)
-	st.cancel = cancel
-	req = req.WithContext(ctx)
+	req = req.WithContext(st.ctx)
 	sc.srv.run(func() { sc.runHandler(st, req) })
 	return nil
 }
@@ -341,7 +347,7 @@ func (b *requestBody) Close() error {
 
 func (sc *serverConn) runHandler(st *stream, req *http.Request) {
 	defer sc.srv.active.Done()
-	defer st.cancel()
+	defer st.ctx.cancel()
 	rw := &responseWriter{sc: sc, st: st, h: make(http.Header), req: req}
 	defer func() {
 		if e := recover(); e != nil {

@@ -38,8 +38,8 @@ type stream struct {
 	// headersSeen: the read loop has had this stream's headers, so the
 	// next header block is the trailers. Touched only by the read loop.
 	headersSeen bool
-	// Server streams: cancels the handler's context.
-	cancel func()
+	// Server streams: the handler's request context.
+	ctx *requestContext
 }
 
 // deliverResp hands the response (or nil for a failure) to RoundTrip once.
@@ -165,8 +165,8 @@ func (c *conn) resetStream(s *stream, err error) {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	s.closeRecv(err)
-	if s.cancel != nil {
-		s.cancel() // a server stream's handler stops waiting
+	if s.ctx != nil {
+		s.ctx.cancel() // a server stream's handler stops waiting
 	}
 }
 

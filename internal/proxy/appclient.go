@@ -210,10 +210,19 @@ func (cn *h1Conn) close() {
 	cn.nc.Close()
 }
 
+// afterFunc is context.AfterFunc without its allocations when ctx runs
+// the function itself, as the inbound server's request contexts do.
+func afterFunc(ctx context.Context, f func()) (stop func() bool) {
+	if a, ok := ctx.(interface{ AfterFunc(func()) func() bool }); ok {
+		return a.AfterFunc(f)
+	}
+	return context.AfterFunc(ctx, f)
+}
+
 func (c *h1Client) send(ctx context.Context, cn *h1Conn, r *http.Request, body []byte) (*http.Response, error) {
 	// Abandoning the message (the caller went away) unblocks this
 	// connection's reads and writes; it is not reused after that.
-	cn.stopCtx = context.AfterFunc(ctx, func() { cn.nc.SetDeadline(time.Unix(1, 0)) })
+	cn.stopCtx = afterFunc(ctx, func() { cn.nc.SetDeadline(time.Unix(1, 0)) })
 	w := cn.bw
 	w.WriteString(r.Method)
 	w.WriteByte(' ')
