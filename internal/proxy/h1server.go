@@ -154,12 +154,15 @@ func (s *h1Server) serveConn(c *h1ServerConn) {
 		}
 		s.wg.Done()
 	}()
-	lr := &limitedConnReader{nc: c.nc, remaining: -1, tooLarge: errRequestHeaderTooLarge}
 	remote := c.nc.RemoteAddr().String()
 	// One context for the connection's requests, ended with it (net/http
-	// makes one per request; nothing here needs that).
+	// makes one per request; nothing here needs that): when the app hangs
+	// up during a request, or when this returns.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	hw := newHangupWatch(c.nc, cancel)
+	defer hw.disarm()
+	lr := &limitedConnReader{nc: hw, remaining: -1, tooLarge: errRequestHeaderTooLarge}
 	var body []byte // the response body buffer, reused across the connection's requests
 	br := bufio.NewReaderSize(lr, 4<<10)
 	bw := &outBuf{nc: c.nc, b: make([]byte, 0, 4<<10)}
@@ -217,8 +220,10 @@ func (s *h1Server) serveConn(c *h1ServerConn) {
 			bw.Flush()
 		}
 		req = req.WithContext(ctx)
+		hw.arm(req)
 		w := &h1Response{bw: bw, req: req, h: make(http.Header, 8), contentLength: -1, buf: body[:0]}
 		ok := s.run(w, req)
+		hw.disarm()
 		if !ok {
 			// Aborted (http.ErrAbortHandler): the connection closes with the
 			// body incomplete, so the caller never takes it as whole.

@@ -248,3 +248,67 @@ func TestH1ServerShutdownFinishesWhatIsInFlight(t *testing.T) {
 		t.Fatalf("Shutdown: %v", err)
 	}
 }
+
+// A request still in flight after hangupWatchAfter has its context
+// canceled when the app closes the connection; one that finishes keeps the
+// connection, and a request pipelined behind a slow one is served whole.
+func TestH1ServerNoticesAHangUp(t *testing.T) {
+	canceled := make(chan string, 4)
+	addr, _, _ := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done():
+			canceled <- r.URL.Path
+		case <-time.After(300 * time.Millisecond):
+			io.WriteString(w, "answered "+r.URL.Path)
+		}
+	})
+	for _, raw := range []string{
+		"GET /get HTTP/1.1\r\nHost: svc\r\n\r\n",
+		"POST /post HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello",
+		"POST /chunked HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+	} {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(nc, raw)
+		time.Sleep(hangupWatchAfter + 50*time.Millisecond)
+		nc.Close()
+		select {
+		case p := <-canceled:
+			if !strings.HasPrefix(raw, "GET "+p) && !strings.HasPrefix(raw, "POST "+p) {
+				t.Fatalf("canceled %s, want the request of %q", p, raw)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%q: the handler's context was not canceled after the app hung up", raw)
+		}
+	}
+
+	// A second request sent while the first is watched: the watch reads
+	// its start, which must still reach the server whole.
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	io.WriteString(nc, "GET /one HTTP/1.1\r\nHost: svc\r\n\r\n")
+	time.Sleep(hangupWatchAfter + 50*time.Millisecond)
+	io.WriteString(nc, "POST /two HTTP/1.1\r\nHost: svc\r\nContent-Length: 2\r\n\r\nok")
+	br := bufio.NewReader(nc)
+	for _, want := range []string{"answered /one", "answered /two"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("reading the response %q: %v", want, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || string(b) != want {
+			t.Fatalf("response %q, %v; want %q", b, err, want)
+		}
+	}
+	select {
+	case p := <-canceled:
+		t.Fatalf("%s canceled, though the app stayed", p)
+	default:
+	}
+}

@@ -175,8 +175,11 @@ func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 		if c.pc != nil {
 			p.pool.dropIfBroken(c.pc)
 		}
-		kind, detail := "unconfirmed", "request failed before any response: "+err.Error()
-		p.failCaller(w, r, c, omitted(kind, detail), false)
+		detail := "request failed before any response: " + err.Error()
+		if r.Context().Err() != nil {
+			detail = "the calling app went away before the response (hung up or canceled)"
+		}
+		p.failCaller(w, r, c, omitted("unconfirmed", detail), false)
 		return
 	}
 	defer resp.Body.Close()

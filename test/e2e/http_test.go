@@ -430,3 +430,45 @@ func TestLoadNoFalsePositives(t *testing.T) {
 		t.Fatalf("false positives: %d omission events, first %+v", len(ev), ev[0])
 	}
 }
+
+// An app that hangs up while its call is in flight cancels the call: the
+// callee's app sees its request canceled (it does not hold it to the end),
+// and the caller's sidecar records the call as unconfirmed, saying why.
+func TestCallerHangUpCancelsTheCall(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	ended := make(chan string, 1)
+	app := serveApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			ended <- "canceled"
+		case <-time.After(15 * time.Second):
+			ended <- "held to the end"
+		}
+	}))
+	p := newPair(t, app)
+	nc, err := net.Dial("tcp", p.caller.outbound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(nc, "GET /hold HTTP/1.1\r\nHost: orders\r\n\r\n")
+	select {
+	case <-arrived:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach the callee's app")
+	}
+	hungUp := time.Now()
+	nc.Close()
+	select {
+	case how := <-ended:
+		if how != "canceled" {
+			t.Fatalf("callee's app: request %s", how)
+		}
+		t.Logf("callee's app saw the cancel %v after the hang-up", time.Since(hungUp).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("callee's app still holds the request 5 s after the caller hung up")
+	}
+	p.m.waitOmission("unconfirmed", func(ev omissionEvent) bool {
+		return ev.Source == "frontend" && ev.Destination == "orders" && strings.Contains(ev.Detail, "went away")
+	})
+}
