@@ -312,3 +312,50 @@ func TestH1ServerNoticesAHangUp(t *testing.T) {
 	default:
 	}
 }
+
+// Watched requests whose apps stay are never canceled: 16 keep-alive
+// connections, each with requests in flight past hangupWatchAfter.
+func TestH1ServerWatchHasNoFalseHangUps(t *testing.T) {
+	var canceled atomic.Int32
+	addr, _, _ := startH1(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done():
+			canceled.Add(1)
+		case <-time.After(hangupWatchAfter + 50*time.Millisecond):
+			io.WriteString(w, "ok")
+		}
+	})
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	defer client.CloseIdleConnections()
+	errs := make(chan error, 16*3)
+	for i := range 16 {
+		go func() {
+			for j := range 3 {
+				var body io.Reader
+				method := "GET"
+				if (i+j)%2 == 1 {
+					method, body = "POST", strings.NewReader("payload")
+				}
+				req, _ := http.NewRequest(method, "http://"+addr+"/", body)
+				resp, err := client.Do(req)
+				if err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if string(b) != "ok" {
+						err = fmt.Errorf("%s: status %d, body %q", method, resp.StatusCode, b)
+					}
+				}
+				errs <- err
+			}
+		}()
+	}
+	for range 16 * 3 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := canceled.Load(); n != 0 {
+		t.Fatalf("%d requests canceled though their apps stayed", n)
+	}
+}
