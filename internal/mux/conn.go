@@ -143,9 +143,7 @@ func (c *conn) fail(err error) {
 	c.mu.Unlock()
 	for _, s := range streams {
 		s.closeRecv(err)
-		if s.ctx != nil {
-			s.ctx.cancel()
-		}
+		s.ctx.cancel()
 	}
 	c.closeOne.Do(func() { close(c.closed) })
 	c.nc.Close()
@@ -155,11 +153,9 @@ func (c *conn) fail(err error) {
 // now; the connection goes on.
 func (c *conn) cancelStreams() {
 	c.mu.Lock()
-	var open []*requestContext
+	open := make([]*requestContext, 0, len(c.streams))
 	for _, s := range c.streams {
-		if s.ctx != nil {
-			open = append(open, s.ctx)
-		}
+		open = append(open, s.ctx)
 	}
 	c.mu.Unlock()
 	for _, ctx := range open {

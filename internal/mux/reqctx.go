@@ -87,8 +87,12 @@ func (e *afterFunc) stop() bool {
 }
 
 // cancel ends c and starts the functions registered with AfterFunc; later
-// calls do nothing.
+// calls do nothing, nor does a call on nil (a client stream has no
+// request context).
 func (c *requestContext) cancel() {
+	if c == nil {
+		return
+	}
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()

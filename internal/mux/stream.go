@@ -38,7 +38,7 @@ type stream struct {
 	// headersSeen: the read loop has had this stream's headers, so the
 	// next header block is the trailers. Touched only by the read loop.
 	headersSeen bool
-	// Server streams: the handler's request context.
+	// Server streams: the handler's request context (nil on client streams).
 	ctx *requestContext
 }
 
@@ -165,9 +165,7 @@ func (c *conn) resetStream(s *stream, err error) {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	s.closeRecv(err)
-	if s.ctx != nil {
-		s.ctx.cancel() // a server stream's handler stops waiting
-	}
+	s.ctx.cancel() // a server stream's handler stops waiting
 }
 
 // onData takes a DATA frame from the read loop (either role).

@@ -70,31 +70,24 @@ func (w *hangupWatch) arm(req *http.Request) {
 	w.timer.Reset(hangupWatchAfter)
 }
 
-func (w *hangupWatch) fire() {
+func (w *hangupWatch) fire()     { w.mark(&w.due) }
+func (w *hangupWatch) bodyDone() { w.mark(&w.bodyRead) }
+
+// mark sets one of the two conditions of the request in flight and starts
+// the watch's read once both hold. A late timer of the previous request
+// only starts this one's watch early.
+func (w *hangupWatch) mark(cond *bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.armed { // a late timer of the previous request only starts this one's watch early
-		w.due = true
-		w.startLocked()
-	}
-}
-
-func (w *hangupWatch) bodyDone() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.armed {
-		w.bodyRead = true
-		w.startLocked()
-	}
-}
-
-func (w *hangupWatch) startLocked() {
-	if !w.due || !w.bodyRead || w.reading {
+	if !w.armed || w.reading {
 		return
 	}
-	w.reading = true
-	w.done = make(chan struct{})
-	go w.watch(w.done)
+	*cond = true
+	if w.due && w.bodyRead {
+		w.reading = true
+		w.done = make(chan struct{})
+		go w.watch(w.done)
+	}
 }
 
 // watch reads until the app sends more (it is there) or the connection
