@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -106,15 +107,25 @@ func (p *proc) kill() {
 	<-p.done
 }
 
-// freeAddr returns a loopback address with a port that was free just now.
+// handedOut holds the addresses freeAddr returned: a port it closed may be
+// the kernel's next pick, and two processes told the same one collide.
+var handedOut sync.Map
+
+// freeAddr returns a loopback address with a port that was free just now
+// and that it has not returned before in this test binary.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, seen := handedOut.LoadOrStore(addr, true); !seen {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // eventually polls f until it returns nil or the deadline passes.
